@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import timm.layers
+import torch
+
+from vtrain.layers import Attention, DropPath, Mlp, drop_path, resample_abs_pos_embed
+
+
+def test_drop_path_is_identity_in_eval_and_at_zero_rate():
+    x = torch.randn(8, 5, 3)
+    layer = DropPath(0.5).eval()
+    assert layer(x) is x
+    assert drop_path(x, 0.0, training=True) is x
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_mean():
+    torch.manual_seed(0)
+    drop_prob = 0.25
+    layer = DropPath(drop_prob).train()
+    out = layer(torch.ones(20_000, 3, 4))
+    per_sample = out.flatten(1)
+    # every sample is either dropped entirely or kept and scaled by 1 / keep_prob
+    assert torch.all((per_sample == 0).all(dim=1) | (per_sample == 1 / (1 - drop_prob)).all(dim=1))
+    dropped = (per_sample[:, 0] == 0).float().mean().item()
+    assert dropped == pytest.approx(drop_prob, abs=0.015)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.02)
+
+
+def _reference_attention(layer: Attention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V written out head by head."""
+    B, N, D = x.shape
+    heads, d = layer.num_heads, D // layer.num_heads
+    q, k, v = (x @ layer.qkv.weight.T + layer.qkv.bias).split(D, dim=-1)
+    outputs = []
+    for h in range(heads):
+        qh, kh, vh = (t[..., h * d : (h + 1) * d] for t in (q, k, v))
+        logits = qh @ kh.transpose(-1, -2) / math.sqrt(d)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        outputs.append(torch.softmax(logits, dim=-1) @ vh)
+    return torch.cat(outputs, dim=-1) @ layer.proj.weight.T + layer.proj.bias
+
+
+def test_attention_equals_manual_softmax_attention():
+    torch.manual_seed(0)
+    layer = Attention(32, num_heads=4, attn_drop=0.3, proj_drop=0.3).eval()
+    torch.nn.init.normal_(layer.qkv.bias)
+    x = torch.randn(2, 7, 32)
+    torch.testing.assert_close(layer(x), _reference_attention(layer, x), atol=1e-5, rtol=0)
+
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    torch.testing.assert_close(
+        layer(x, is_causal=True), _reference_attention(layer, x, causal), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        layer(x, attn_mask=causal), _reference_attention(layer, x, causal), atol=1e-5, rtol=0
+    )
+
+
+def test_attention_state_dict_and_output_match_timm():
+    torch.manual_seed(0)
+    ours = Attention(48, num_heads=6, qkv_bias=True).eval()
+    theirs = timm.layers.Attention(48, num_heads=6, qkv_bias=True).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(3, 5, 48)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
+
+
+def test_attention_rejects_indivisible_width():
+    with pytest.raises(ValueError, match="not divisible"):
+        Attention(30, num_heads=4)
+
+
+def test_mlp_uses_exact_gelu_and_dropout_only_in_training():
+    torch.manual_seed(0)
+    mlp = Mlp(16, hidden_features=64, out_features=8, drop=0.5).eval()
+    x = 3 * torch.randn(4, 16)
+    hidden = x @ mlp.fc1.weight.T + mlp.fc1.bias
+    hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))  # erf GELU, not the tanh approximation
+    expected = hidden @ mlp.fc2.weight.T + mlp.fc2.bias
+    torch.testing.assert_close(mlp(x), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(mlp.train()(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("old_grid", "new_grid", "num_prefix_tokens", "mode", "pass_old_grid"),
+    [
+        ((14, 14), (24, 24), 1, "bicubic", False),  # 224 -> 384 at patch 16
+        ((24, 24), (14, 14), 1, "bicubic", False),  # downsampling, where antialiasing matters
+        ((4, 6), (8, 3), 1, "bicubic", True),
+        ((7, 7), (10, 5), 0, "bilinear", False),
+        ((5, 5), (9, 9), 2, "bicubic", False),
+    ],
+)
+def test_resample_abs_pos_embed_equals_timm(old_grid, new_grid, num_prefix_tokens, mode, pass_old_grid):
+    torch.manual_seed(0)
+    pos_embed = torch.randn(1, num_prefix_tokens + old_grid[0] * old_grid[1], 16)
+    ours = resample_abs_pos_embed(
+        pos_embed,
+        new_grid,
+        old_grid if pass_old_grid else None,
+        num_prefix_tokens=num_prefix_tokens,
+        mode=mode,
+    )
+    theirs = timm.layers.resample_abs_pos_embed(
+        pos_embed,
+        list(new_grid),
+        list(old_grid) if pass_old_grid else None,
+        num_prefix_tokens=num_prefix_tokens,
+        interpolation=mode,
+    )
+    assert ours.shape == (1, num_prefix_tokens + new_grid[0] * new_grid[1], 16)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert torch.equal(ours[:, :num_prefix_tokens], pos_embed[:, :num_prefix_tokens])
+
+
+def test_resample_abs_pos_embed_keeps_table_on_same_grid_and_rejects_non_square():
+    pos_embed = torch.randn(1, 1 + 16, 8)
+    assert resample_abs_pos_embed(pos_embed, (4, 4)) is pos_embed
+    with pytest.raises(ValueError, match="not a square grid"):
+        resample_abs_pos_embed(torch.randn(1, 1 + 12, 8), (4, 4))
+    with pytest.raises(ValueError, match="old_grid"):
+        resample_abs_pos_embed(pos_embed, (4, 4), old_grid=(3, 4))

@@ -1,0 +1,55 @@
+"""Learned absolute position embeddings: resampling to a new patch grid (fine-tuning at a new resolution)."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def resample_abs_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Interpolate the grid part of a position-embedding table to ``new_grid`` (ViT paper, section 3.2).
+
+    The prefix rows (class token, ...) are kept as they are; the remaining rows are read as an
+    ``old_grid`` image of D channels, interpolated in 2-D, and flattened back in row-major order.
+
+    Args:
+        pos_embed: [1, num_prefix_tokens + H * W, D].
+        new_grid: target (h, w) in patches.
+        old_grid: source (H, W); inferred as square when None.
+        num_prefix_tokens: leading rows that belong to no grid position.
+        mode: ``F.interpolate`` mode.
+        antialias: low-pass before downsampling (no effect when upsampling); timm's default.
+
+    Returns:
+        [1, num_prefix_tokens + h * w, D], same dtype as ``pos_embed``.
+    """
+    num_grid_tokens = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = math.isqrt(num_grid_tokens)
+        if side * side != num_grid_tokens:
+            raise ValueError(
+                f"resample_abs_pos_embed: {num_grid_tokens} positions are not a square grid; pass old_grid"
+            )
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != num_grid_tokens:
+        raise ValueError(
+            f"resample_abs_pos_embed: old_grid {tuple(old_grid)} has {old_grid[0] * old_grid[1]} positions, "
+            f"the table has {num_grid_tokens}"
+        )
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    # interpolate needs float32 (bicubic is not implemented for half on CPU)
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
