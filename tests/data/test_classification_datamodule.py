@@ -1,0 +1,205 @@
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as L
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import tv_tensors
+
+from vtrain.data import CorruptImageError
+from vtrain.data.classification import ClassificationDataModule
+from vtrain.data.imagenet import IMAGENET_WNIDS
+from vtrain.data.tiny import IMAGENET_TINY_PHOTOS
+from vtrain.data.transforms import build_classification_transforms
+
+CIFAR_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+VIT_STATS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def _cifar10(root: Path, **overrides) -> ClassificationDataModule:
+    args = dict(
+        dataset="cifar10", root=str(root), num_classes=10, image_size=32, recipe="cifar", batch_size=16
+    )
+    return ClassificationDataModule(**{**args, **CIFAR_STATS, **overrides})
+
+
+def _imagenet(root: Path, **overrides) -> ClassificationDataModule:
+    args = dict(dataset="imagenet", root=str(root), num_classes=1000, image_size=64, recipe="imagenet")
+    return ClassificationDataModule(**{**args, **VIT_STATS, "batch_size": 8, **overrides})
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_cifar10_tiny_batches(data_dir, num_workers):
+    datamodule = _cifar10(data_dir / "cifar10_tiny", tiny="cifar10_tiny", num_workers=num_workers)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and type(images) is torch.Tensor
+    assert labels.shape == (16,) and labels.dtype == torch.int64 and 0 <= labels.min() <= labels.max() < 10
+    images, labels = next(iter(datamodule.val_dataloader()))
+    # Normalised: undoing mean / std gives back pixels in [0, 1].
+    mean, std = (torch.tensor(CIFAR_STATS[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    pixels = images * std + mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.std() > 0.1
+    assert (
+        len(datamodule.train_dataloader()) == 1500 // 16
+        and len(datamodule.test_dataloader()) == 300 // 16 + 1
+    )
+
+
+def test_imagenet_tiny_batches_keep_the_1000_class_indices(tiny):
+    datamodule = _imagenet(tiny("imagenet_tiny"), num_workers=2, randaugment_magnitude=9)
+    datamodule.setup("fit")
+
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (8, 3, 64, 64) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    assert set(labels.tolist()) <= {IMAGENET_WNIDS.index(wnid) for wnid, _, _ in IMAGENET_TINY_PHOTOS}
+    assert next(iter(datamodule.val_dataloader()))[0].shape == (8, 3, 64, 64)
+
+
+def test_kaggle_layout_and_cifar100_through_the_datamodule(tiny):
+    kaggle = _imagenet(tiny("imagenet_tiny") / "kaggle", num_workers=0, eval_batch_size=100)
+    kaggle.setup("validate")
+    assert next(iter(kaggle.val_dataloader()))[1].bincount(minlength=1000).max() == 10
+
+    cifar100 = _cifar10(
+        tiny("cifar100_tiny"), dataset="cifar100", num_classes=100, image_size=48, num_workers=0
+    )
+    cifar100.setup("fit")
+    assert next(iter(cifar100.train_dataloader()))[0].shape == (16, 3, 48, 48)
+
+
+def test_num_classes_mismatch_and_too_small_subset_raise(tiny):
+    with pytest.raises(ValueError, match=r"num_classes is 100 but the data set has 10 classes"):
+        _cifar10(tiny("cifar10_tiny"), num_classes=100).setup("fit")
+    with pytest.raises(ValueError, match=r"10 training samples are fewer than batch_size 16"):
+        _cifar10(tiny("cifar10_tiny"), train_subset=10).setup("fit")
+    subset = _cifar10(tiny("cifar10_tiny"), train_subset=40, num_workers=0)
+    subset.setup("fit")
+    assert len(subset.train_dataloader()) == 2
+
+
+@pytest.mark.parametrize(
+    "dataset, layout",
+    [("cifar10", "<root>/cifar-10-batches-py/{data_batch_1"), ("imagenet", "<root>/train/<wnid>")],
+)
+def test_missing_data_names_the_path_and_the_layout(tmp_path, dataset, layout):
+    make = _cifar10 if dataset == "cifar10" else _imagenet
+    with pytest.raises(FileNotFoundError) as error:
+        make(tmp_path / "missing").setup("fit")
+    assert str(tmp_path / "missing") in str(error.value) and layout in str(error.value)
+
+
+def _damage_val(root: Path, count: int) -> list[Path]:
+    paths = sorted((root / "val").rglob("*.JPEG"))[:count]
+    for path in paths:
+        path.write_bytes(path.read_bytes()[:200])
+    return paths
+
+
+def test_skip_corrupt_counts_across_workers_and_reports_at_teardown(imagenet_tiny_copy, caplog):
+    _damage_val(imagenet_tiny_copy, 3)
+    datamodule = _imagenet(imagenet_tiny_copy, skip_corrupt=True, num_workers=2, persistent_workers=False)
+    datamodule.setup("validate")
+
+    assert sum(len(labels) for _, labels in datamodule.val_dataloader()) == 97
+    assert datamodule.corrupt_count() == 3
+    with caplog.at_level(logging.INFO, logger="vtrain.data.classification"):
+        datamodule.teardown("validate")
+    assert "imagenet: 3 corrupt images skipped so far" in caplog.text
+
+
+def test_corrupt_image_without_skip_names_the_file(imagenet_tiny_copy):
+    (broken,) = _damage_val(imagenet_tiny_copy, 1)
+    datamodule = _imagenet(imagenet_tiny_copy, num_workers=2, persistent_workers=False)
+    datamodule.setup("validate")
+    error_type, message = _first_batch_error(datamodule.val_dataloader())
+    assert error_type is CorruptImageError and f"cannot read image {broken}" in message
+
+
+def _first_batch_error(loader) -> tuple[type, str]:
+    """Type and message of the error of the first batch. The traceback is dropped: torch's re-raised error
+    sits in a reference cycle with it and the iterator, and a worker shutdown run later by the garbage
+    collector waits 5 s per worker."""
+    batches = iter(loader)
+    try:
+        next(batches)
+    except Exception as error:
+        error.__traceback__ = None
+        return type(error), str(error)
+    raise AssertionError("the first batch loaded without error")
+
+
+class _LinearClassifier(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 32 * 32, 10)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return nn.functional.cross_entropy(self.head(images.flatten(1)), labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.head(images.flatten(1)), labels))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_trainer_runs_prepare_setup_and_teardown(tmp_path, tiny):
+    root = tmp_path / "cifar10_tiny"
+    shutil.copytree(tiny("cifar10_tiny"), root)
+    datamodule = _cifar10(root, tiny="cifar10_tiny", num_workers=0, val_split="train")
+    trainer = L.Trainer(
+        fast_dev_run=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(_LinearClassifier(), datamodule=datamodule)
+    assert trainer.state.finished and len(datamodule.val_set) == 1500
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet", "finetune"])
+@pytest.mark.parametrize("train", [True, False])
+def test_every_recipe_gives_normalised_float_images_of_image_size(recipe, train):
+    torch.manual_seed(0)
+    transform = build_classification_transforms(train, 48, recipe, randaugment_magnitude=9, **VIT_STATS)
+    # Many draws, so that every RandAugment op meets both a PIL image and a tensor image.
+    for image in 20 * (
+        Image.new("RGB", (40, 30), (255, 0, 0)),
+        tv_tensors.Image(torch.zeros(3, 32, 32, dtype=torch.uint8)),
+    ):
+        output = transform(image)
+        assert type(output) is torch.Tensor and output.shape == (3, 48, 48) and output.dtype == torch.float32
+        assert output.min() >= -1 and output.max() <= 1
+
+
+def test_imagenet_eval_resizes_the_short_side_to_size_over_crop_pct_then_center_crops():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+    transform = build_classification_transforms(False, 32, "imagenet", crop_pct=0.5, **VIT_STATS)
+    # int(32 / 0.5) = 64 is already the short side: no resampling, a 32 x 32 crop from the middle.
+    expected = torch.from_numpy(pixels[16:48, 32:64]).permute(2, 0, 1) / 255 * 2 - 1
+    torch.testing.assert_close(transform(Image.fromarray(pixels)), expected)
+
+
+def test_transform_arguments_are_checked():
+    with pytest.raises(
+        ValueError, match=r"recipe must be one of \('cifar', 'imagenet', 'finetune'\), found 'deit'"
+    ):
+        build_classification_transforms(True, 32, "deit", **VIT_STATS)
+    with pytest.raises(
+        ValueError,
+        match=r"interpolation must be one of \('bicubic', 'bilinear', 'nearest'\), found 'lanczos'",
+    ):
+        build_classification_transforms(True, 32, "cifar", interpolation="lanczos", **VIT_STATS)

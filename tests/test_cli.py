@@ -1,0 +1,127 @@
+"""End to end through `vtrain.cli.run` and `python -m vtrain`: fit, eval, resume, multirun, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMOKE, run_cli
+from vtrain.checkpoint import load_checkpoint
+from vtrain.cli import run
+
+TINY = ["experiment=vit_cifar10_tiny", *SMOKE]
+
+
+def _lr_by_step(output_dir: Path) -> dict[int, float]:
+    with open(output_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    key = next(k for k in rows[0] if k.startswith("lr-"))
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+def test_smoke_fit_then_eval_of_the_saved_checkpoint(make_cfg, tmp_path):
+    out = tmp_path / "fit"
+    score = run(make_cfg(TINY, output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"train/loss_epoch", "val/acc1", "val/acc5", "test/acc1"} <= set(metrics)
+    assert score == pytest.approx(metrics["val/acc1"])
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["global_step"] == 4
+    assert ckpt["vtrain_config"]["name"] == "vit_cifar10_tiny"
+    assert any(k.startswith("model.blocks.0.attn.qkv") for k in ckpt["state_dict"])
+
+    out_eval = tmp_path / "eval"
+    run(make_cfg([*TINY, "mode=eval", f"ckpt_path={last}", "test=false"], output_dir=out_eval))
+    evaluated = json.loads((out_eval / "metrics.json").read_text())
+    assert evaluated["val/acc1"] == pytest.approx(metrics["val/acc1"])
+    assert evaluated["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-5)
+
+
+def test_eval_needs_a_checkpoint(make_cfg):
+    with pytest.raises(ValueError, match="ckpt_path"):
+        run(make_cfg([*TINY, "mode=eval"]))
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        run(make_cfg([*TINY, "mode=eval", "ckpt_path=/nope.ckpt"]))
+
+
+def test_resume_from_last_continues_at_the_saved_step_with_the_same_lr(make_cfg, tmp_path):
+    common = [*TINY, "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "test=false"]
+    straight = tmp_path / "straight"
+    run(make_cfg([*common, "trainer.max_epochs=2"], output_dir=straight))
+
+    first = tmp_path / "first"
+    run(make_cfg([*common, "trainer.max_epochs=1"], output_dir=first))
+    assert load_checkpoint(first / "checkpoints" / "last.ckpt")["global_step"] == 3
+    resumed = tmp_path / "resumed"
+    run(
+        make_cfg(
+            [*common, "trainer.max_epochs=2", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"],
+            output_dir=resumed,
+        )
+    )
+
+    end_straight = load_checkpoint(straight / "checkpoints" / "last.ckpt")
+    end_resumed = load_checkpoint(resumed / "checkpoints" / "last.ckpt")
+    assert end_resumed["global_step"] == end_straight["global_step"] == 6
+    assert end_resumed["lr_schedulers"][0]["_last_lr"] == pytest.approx(
+        end_straight["lr_schedulers"][0]["_last_lr"]
+    )
+    lr_straight, lr_resumed = _lr_by_step(straight), _lr_by_step(resumed)
+    assert min(lr_resumed) == 3, "the resumed run must start logging at the saved step"
+    for step, lr in lr_resumed.items():
+        assert lr == pytest.approx(lr_straight[step])
+
+
+def test_resume_from_last_in_a_fresh_run_dir_starts_from_scratch(make_cfg, tmp_path):
+    out = tmp_path / "fresh"
+    run(make_cfg([*TINY, "ckpt_path=last", "test=false"], output_dir=out))
+    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_multirun_sweeps_two_jobs(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        [
+            "-m",
+            *TINY,
+            "task.optimizer.lr=1e-3,3e-3",
+            "logger=csv",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "metrics.json").is_file()
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, data_dir):
+    out = tmp_path / "ddp"
+    proc = run_cli(
+        [
+            "experiment=vit_cifar10_tiny",
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+            "trainer.enable_progress_bar=false",
+            "~callbacks.progress_bar",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "val/acc1" in metrics and "test/acc1" in metrics
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 3

@@ -1,0 +1,86 @@
+"""Every experiment composes, its objects instantiate, and its trainer arguments are real Trainer
+arguments; `--cfg job` prints the whole config."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import pytorch_lightning as L
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from tests.conftest import REPO, run_cli
+from vtrain.config import config_dir
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+# Experiments that need a value from the user to run (fine-tuning needs its pretrained weights).
+NEEDS = {"vit_b16_cifar10": ["pretrained=null"]}
+
+
+def test_experiments_exist():
+    assert {"vit_b16_imagenet", "vit_s16_imagenet", "vit_b16_cifar10", "vit_cifar10_tiny"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(make_cfg, experiment):
+    cfg = make_cfg([f"experiment={experiment}", *NEEDS.get(experiment, [])])
+    assert cfg.name == experiment
+    OmegaConf.resolve(cfg)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    task = instantiate(cfg.task, model=model)
+    assert task.model is model
+    assert datamodule.num_classes == cfg.data.num_classes
+    for node in [*cfg.callbacks.values(), *cfg.logger.values()]:
+        instantiate(node)
+    trainer_args = {k: v for k, v in cfg.trainer.items() if k != "_target_"}
+    inspect.signature(L.Trainer).bind(**trainer_args)
+
+
+def test_finetuning_requires_pretrained_weights(make_cfg):
+    cfg = make_cfg(["experiment=vit_b16_cifar10"])
+    with pytest.raises(MissingMandatoryValue, match="pretrained"):
+        instantiate(cfg.model)
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [
+        ("logger", "many"),
+        ("logger", "tensorboard"),
+        ("callbacks", "early_stopping"),
+        ("debug", "default"),
+        ("debug", "fdr"),
+        ("debug", "overfit"),
+        ("trainer", "gpu"),
+        ("trainer", "ddp"),
+        ("trainer", "ddp_cpu"),
+        ("data", "imagenet_tiny"),
+        ("data", "cifar100_tiny"),
+    ],
+)
+def test_config_group_options_compose(make_cfg, group, option):
+    cfg = make_cfg(["experiment=vit_cifar10_tiny", f"{group}={option}"])
+    OmegaConf.resolve(cfg)
+    inspect.signature(L.Trainer).bind(**{k: v for k, v in cfg.trainer.items() if k != "_target_"})
+
+
+def test_wandb_is_offline_without_api_key(make_cfg, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert make_cfg(["logger=wandb"]).logger.wandb.offline is True
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    cfg = make_cfg(["logger=wandb"])
+    assert cfg.logger.wandb.offline is False
+    assert "x" * 40 not in OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    out = run_cli(["experiment=vit_cifar10_tiny", "--cfg", "job"], cwd=tmp_path).stdout
+    cfg = OmegaConf.create(out)
+    assert cfg.name == "vit_cifar10_tiny"
+    assert cfg.model._target_ == "vtrain.create_model"
+    assert cfg.task._target_ == "vtrain.tasks.ClassificationTask"
+    assert cfg.data.dataset == "cifar10"
+    assert (REPO / "conf" / "train.yaml").is_file()

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+import torch
+
+from vtrain.optim import warmup_schedule
+
+
+def _lrs(**kwargs) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_schedule(opt, **kwargs)
+    lrs = []
+    for _ in range(kwargs["total_steps"]):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_linear_warmup_then_cosine_to_min():
+    lrs = _lrs(total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_warmup_in_epochs_and_linear_decay():
+    lrs = _lrs(total_steps=40, steps_per_epoch=4, warmup_epochs=2.5, decay="linear")
+    assert lrs[9] == pytest.approx(1.0)
+    assert lrs[8] == pytest.approx(0.9)
+    assert lrs[25] == pytest.approx(1 - 15 / 30)
+
+
+def test_unknown_decay_is_rejected():
+    with pytest.raises(ValueError, match="decay"):
+        _lrs(total_steps=5, decay="step")

@@ -1,0 +1,160 @@
+"""LightningDataModule for image classification on CIFAR-10 / CIFAR-100 / ImageNet-1k.
+
+Batches are ``(images [B, 3, image_size, image_size] float32 normalised, labels [B] int64)``.
+"""
+
+import logging
+from collections.abc import Sequence
+
+import pytorch_lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vtrain.data import collate_skip_corrupt
+from vtrain.data.cifar import CIFAR
+from vtrain.data.imagenet import ImageNet
+from vtrain.data.tiny import build_tiny
+from vtrain.data.transforms import build_classification_transforms
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("cifar10", "cifar100", "imagenet")
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train / val / test loaders for ``dataset``; test uses the val split.
+
+    Args:
+        dataset: "cifar10", "cifar100" or "imagenet" (folder or Kaggle layout, see vtrain.data.imagenet).
+        root: data set root: the folder holding ``cifar-10-batches-py`` / ``cifar-100-python``, or the
+            ImageNet root.
+        num_classes: expected size of the label space (1000 for ImageNet, also for subsets such as
+            imagenet_tiny); a mismatch with the data raises.
+        image_size, recipe, mean, std, crop_pct, randaugment_magnitude: see
+            ``vtrain.data.transforms.build_classification_transforms``.
+        batch_size: per device; ``eval_batch_size`` defaults to it.
+        skip_corrupt: ImageNet: drop unreadable images from their batch instead of failing; the count is
+            ``corrupt_count()`` and is logged at teardown.
+        tiny: name of a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
+        val_split: split for validation and test, with eval transforms: "val" (CIFAR: the test batch;
+            ImageNet: the val folder or Kaggle val) or "train" (to check that a model fits its training data).
+        train_subset: keep only the first N training samples (debugging).
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str,
+        num_classes: int,
+        image_size: int,
+        recipe: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_pct: float = 0.875,
+        randaugment_magnitude: int | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        skip_corrupt: bool = False,
+        tiny: str | None = None,
+        val_split: str = "val",
+        train_subset: int | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, found {dataset!r}")
+        if val_split not in ("val", "train"):
+            raise ValueError(f"val_split must be 'val' or 'train', found {val_split!r}")
+        self.dataset, self.root, self.num_classes, self.tiny = dataset, root, num_classes, tiny
+        self.val_split = val_split
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.skip_corrupt, self.train_subset = num_workers, skip_corrupt, train_subset
+        # Pinning needs a GPU; without one torch warns on every loader.
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        transform_args = dict(
+            image_size=image_size,
+            recipe=recipe,
+            mean=tuple(mean),
+            std=tuple(std),
+            crop_pct=crop_pct,
+            randaugment_magnitude=randaugment_magnitude,
+        )
+        self.train_transform = build_classification_transforms(train=True, **transform_args)
+        self.eval_transform = build_classification_transforms(train=False, **transform_args)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        if self.tiny is not None:
+            build_tiny(self.tiny, self.root)
+
+    def _load(self, split: str, train: bool) -> Dataset:
+        """``split`` ("train" / "val") with the train or the eval transforms, its classes checked."""
+        transform = self.train_transform if train else self.eval_transform
+        if self.dataset == "imagenet":
+            dataset = ImageNet(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+        else:
+            cifar_split = "train" if split == "train" else "test"
+            dataset = CIFAR(self.root, cifar_split, variant=self.dataset, transform=transform)
+        if len(dataset.classes) != self.num_classes:
+            raise ValueError(
+                f"{self.dataset} under {self.root}: num_classes is {self.num_classes} "
+                f"but the data set has {len(dataset.classes)} classes"
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the val split for every stage and the train split for "fit" (scanning ImageNet's
+        training folders takes a while, so validate / test runs skip it)."""
+        if self.val_set is None:
+            self.val_set = self._load(self.val_split, train=False)
+        if stage not in (None, "fit") or self.train_set is not None:
+            return
+        train_set = self._load("train", train=True)
+        if self.train_subset is not None and self.train_subset < len(train_set):
+            train_set = Subset(train_set, range(self.train_subset))
+        if len(train_set) < self.batch_size:
+            # The train loader drops the last incomplete batch: it would produce no batch at all.
+            raise ValueError(
+                f"{self.dataset} under {self.root}: {len(train_set)} training samples are fewer than "
+                f"batch_size {self.batch_size}"
+            )
+        self.train_set = train_set
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("ClassificationDataModule: call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_skip_corrupt if self.skip_corrupt else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def corrupt_count(self) -> int:
+        """Images skipped as corrupt so far, over all splits and worker processes."""
+        datasets = [self.train_set, self.val_set]
+        bases = [d.dataset if isinstance(d, Subset) else d for d in datasets if d is not None]
+        return sum(d.loader.skipped for d in bases if isinstance(d, ImageNet))
+
+    def teardown(self, stage: str) -> None:
+        if self.skip_corrupt:
+            count = self.corrupt_count()
+            (log.warning if count else log.info)("%s: %d corrupt images skipped so far", self.dataset, count)

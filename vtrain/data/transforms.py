@@ -1,0 +1,91 @@
+"""Image-classification transforms (torchvision.transforms.v2) for the recipes of the 2020 papers.
+
+Recipes:
+    cifar     train: RandomCrop(32, padding=4) + horizontal flip (+ Resize to image_size when it is not 32);
+              eval: Resize to image_size when it is not 32. The ResNet / LambdaNetworks CIFAR recipe.
+    imagenet  train: RandomResizedCrop(image_size) + flip; eval: Resize(int(image_size / crop_pct)) +
+              CenterCrop(image_size). The ImageNet recipe of ViT / DeiT / LambdaNetworks.
+    finetune  train: Resize to image_size x image_size, RandomCrop with padding image_size // 8, flip;
+              eval: Resize to image_size x image_size. ViT's fine-tuning of CIFAR at 384 px.
+
+Every pipeline takes a PIL image or a ``tv_tensors.Image`` (uint8) and returns a plain float tensor
+``[3, image_size, image_size]`` normalised by mean / std. Mixup / CutMix act on batches, in the task.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+RECIPES = ("cifar", "imagenet", "finetune")
+INTERPOLATIONS = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+def build_classification_transforms(
+    train: bool,
+    image_size: int,
+    recipe: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_pct: float = 0.875,
+    randaugment_magnitude: int | None = None,
+    interpolation: str = "bicubic",
+) -> v2.Compose:
+    """The train or eval pipeline of ``recipe`` (see the module docstring).
+
+    Args:
+        train: the augmenting train pipeline, else the deterministic eval one.
+        image_size: side of the square output, in pixels.
+        mean, std: per-channel statistics for images scaled to [0, 1].
+        crop_pct: imagenet eval: fraction of the resized image kept by the center crop.
+        randaugment_magnitude: adds RandAugment (2 ops) to a train pipeline, magnitude on timm's 0-10 scale
+            ("rand-m9" is 9); None adds nothing.
+        interpolation: "bicubic", "bilinear" or "nearest", for the resizes and crops.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, found {recipe!r}")
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], found {crop_pct}")
+    if randaugment_magnitude is not None and not 0 <= randaugment_magnitude <= 10:
+        raise ValueError(f"randaugment_magnitude must be in [0, 10], found {randaugment_magnitude}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, found {interpolation!r}")
+    mode = INTERPOLATIONS[interpolation]
+    square = (image_size, image_size)
+
+    if recipe == "cifar":
+        resize = [v2.Resize(square, interpolation=mode)] if image_size != 32 else []
+        steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *resize] if train else resize
+    elif recipe == "imagenet":
+        if train:
+            steps = [v2.RandomResizedCrop(image_size, interpolation=mode), v2.RandomHorizontalFlip()]
+        else:
+            steps = [v2.Resize(int(image_size / crop_pct), interpolation=mode), v2.CenterCrop(image_size)]
+    else:
+        steps = [v2.Resize(square, interpolation=mode)]
+        if train:
+            steps += [v2.RandomCrop(image_size, padding=image_size // 8), v2.RandomHorizontalFlip()]
+
+    if train and randaugment_magnitude is not None:
+        # 11 bins make magnitude m mean m / 10 of each op's maximum, as in timm's "rand-m<m>". Bilinear:
+        # the rotations and shears of v2 reject bicubic on tensor images (CIFAR samples).
+        randaugment = v2.RandAugment(
+            num_ops=2,
+            magnitude=randaugment_magnitude,
+            num_magnitude_bins=11,
+            interpolation=InterpolationMode.BILINEAR,
+        )
+        steps.append(randaugment)
+    return v2.Compose(
+        [
+            *steps,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+            v2.ToPureTensor(),
+        ]
+    )

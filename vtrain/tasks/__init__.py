@@ -1,0 +1,6 @@
+"""Lightning modules, one per task. Each receives a plain `nn.Module` network, its loss and its
+optimizer / scheduler factories from the config; the networks never import Lightning."""
+
+from vtrain.tasks.classification import ClassificationTask
+
+__all__ = ["ClassificationTask"]

@@ -1,0 +1,58 @@
+"""Pieces every task shares: parameter groups for weight decay and the optimizer / scheduler wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as L
+import torch
+from torch import nn
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, skip_1d: bool = True) -> list[dict]:
+    """Split parameters into a decayed group and a non-decayed one.
+
+    As in the ViT / DeiT code, biases, norm gains and other 1-D tensors, plus whatever the model lists in
+    `no_weight_decay()` (position embeddings, class token), are not decayed.
+    """
+    skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if (skip_1d and param.ndim <= 1) or name in skip_names:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def configure_optimizers(
+    module: L.LightningModule,
+    model: nn.Module,
+    optimizer: OptimizerFactory,
+    scheduler: SchedulerFactory | None,
+    weight_decay: float,
+) -> dict:
+    """Build the optimizer over `model`'s parameter groups and a per-step scheduler that knows the run's
+    total number of optimizer steps (from the Trainer, so `max_epochs`, `max_steps`, accumulation and the
+    number of devices are all accounted for)."""
+    opt = optimizer(weight_decay_groups(model, weight_decay))
+    if scheduler is None:
+        return {"optimizer": opt}
+    trainer = module.trainer
+    total_steps = int(trainer.estimated_stepping_batches)  # also sets up the train dataloader
+    batches = trainer.num_training_batches
+    if batches == float("inf"):
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        steps_per_epoch = max(1, total_steps // epochs)
+    else:
+        steps_per_epoch = max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+    sched = scheduler(opt, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
