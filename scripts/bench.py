@@ -76,8 +76,8 @@ def throughput(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def peak_memory_mib(args: argparse.Namespace, name: str) -> float:
-    """Peak memory of a few training steps of one model: CUDA max allocated, or on CPU the peak resident
-    set of a fresh child process (so the two models do not share one high-water mark)."""
+    """Peak memory of a few training steps of one model: CUDA max allocated, or on CPU the growth of the
+    peak resident set of a fresh child process over its state after imports."""
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -99,14 +99,23 @@ def peak_memory_mib(args: argparse.Namespace, name: str) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
+def _peak_rss_kib() -> int:
+    """This process's resident-set high-water mark. VmHWM belongs to the current address space, whereas
+    ru_maxrss survives exec and would report the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def child_memory(args: argparse.Namespace) -> None:
-    torch.set_num_threads(torch.get_num_threads())
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_rss_kib()
     step = make_step(build(args.child_memory), args.batch_size, torch.device("cpu"), args.precision)
     for _ in range(3):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+    print(json.dumps({"peak_mib": (_peak_rss_kib() - base) / 1024}))
 
 
 def main() -> None:

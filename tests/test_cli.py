@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import SMOKE, run_cli
 from vtrain.checkpoint import load_checkpoint
@@ -125,3 +126,44 @@ def test_ddp_on_two_cpu_processes(tmp_path, data_dir):
     assert "val/acc1" in metrics and "test/acc1" in metrics
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+def test_optuna_sweep_optimises_the_monitored_metric(tmp_path, data_dir):
+    sweep = tmp_path / "optuna"
+    run_cli(
+        [
+            *TINY,
+            "hparams_search=vit_optuna",
+            "hydra.sweeper.n_trials=2",
+            "logger=csv",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.name == "optuna"
+    assert set(results.best_params) == {
+        "task.optimizer.lr",
+        "task.weight_decay",
+        "task.loss.label_smoothing",
+        "model.drop_path_rate",
+    }
+    scores = [json.loads((sweep / str(i) / "metrics.json").read_text())["val/acc1"] for i in range(2)]
+    assert results.best_value == pytest.approx(max(scores))
+
+
+def test_corrupt_images_fail_naming_the_file_or_are_skipped_and_counted(make_cfg, tmp_path):
+    from vtrain.data.images import CorruptImageError
+    from vtrain.data.tiny import build_tiny
+
+    root = tmp_path / "imagenet_tiny"
+    build_tiny("imagenet_tiny", root)
+    broken = sorted((root / "val").glob("*/*.JPEG"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    common = [*TINY, "data=imagenet_tiny", f"data.root={root}", "test=false"]
+    with pytest.raises(CorruptImageError, match=broken.name):
+        run(make_cfg(common, output_dir=tmp_path / "strict"))
+    run(make_cfg([*common, "data.skip_corrupt=true"], output_dir=tmp_path / "skip"))
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert metrics["data/corrupt_images_skipped"] == 1

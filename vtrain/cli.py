@@ -123,6 +123,11 @@ def run(cfg: DictConfig) -> float | None:
             results = trainer.test(task, datamodule=datamodule)
             metrics.update(_scalars(results[0] if results else {}))
 
+    skipped = datamodule.corrupt_count() if hasattr(datamodule, "corrupt_count") else 0
+    if skipped:
+        metrics["data/corrupt_images_skipped"] = float(skipped)
+        log.warning("%d corrupt images were skipped (data.skip_corrupt=true); the log names them", skipped)
+
     score = metrics.get(cfg.monitor)
     best_score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     if cfg.mode == "train" and best_score is not None:

@@ -10,9 +10,9 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from vtrain.data import CorruptImageError
 from vtrain.data.classification import ClassificationDataModule
 from vtrain.data.imagenet import IMAGENET_WNIDS
+from vtrain.data.images import CorruptImageError
 from vtrain.data.tiny import IMAGENET_TINY_PHOTOS
 from vtrain.data.transforms import build_classification_transforms
 
@@ -47,7 +47,7 @@ def test_cifar10_tiny_batches(data_dir, num_workers):
     pixels = images * std + mean
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.std() > 0.1
     assert (
-        len(datamodule.train_dataloader()) == 1500 // 16
+        len(datamodule.train_dataloader()) == 3000 // 16
         and len(datamodule.test_dataloader()) == 300 // 16 + 1
     )
 
@@ -167,7 +167,7 @@ def test_trainer_runs_prepare_setup_and_teardown(tmp_path, tiny):
         default_root_dir=tmp_path,
     )
     trainer.fit(_LinearClassifier(), datamodule=datamodule)
-    assert trainer.state.finished and len(datamodule.val_set) == 1500
+    assert trainer.state.finished and len(datamodule.val_set) == 3000
 
 
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet", "finetune"])
@@ -203,3 +203,16 @@ def test_transform_arguments_are_checked():
         match=r"interpolation must be one of \('bicubic', 'bilinear', 'nearest'\), found 'lanczos'",
     ):
         build_classification_transforms(True, 32, "cifar", interpolation="lanczos", **VIT_STATS)
+
+
+def test_hflip_can_be_turned_off_and_random_erasing_erases():
+    pixels = tv_tensors.Image(torch.arange(32, dtype=torch.uint8).repeat(3, 32, 1) * 8)  # a left-right ramp
+    no_flip = build_classification_transforms(True, 32, "imagenet", hflip=False, crop_pct=1.0, **VIT_STATS)
+    flips = build_classification_transforms(True, 32, "imagenet", hflip=True, crop_pct=1.0, **VIT_STATS)
+    torch.manual_seed(0)
+    assert all((no_flip(pixels)[0, 0].diff() >= 0).all() for _ in range(20))
+    assert any((flips(pixels)[0, 0].diff() < 0).any() for _ in range(20))
+    erasing = build_classification_transforms(True, 32, "cifar", random_erasing=1.0, **VIT_STATS)
+    assert (erasing(pixels) == 0).sum() > 0
+    with pytest.raises(ValueError, match="random_erasing"):
+        build_classification_transforms(True, 32, "cifar", random_erasing=1.5, **VIT_STATS)

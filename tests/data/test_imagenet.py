@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vtrain.data import CorruptImageError, ImageFileLoader, collate_skip_corrupt
 from vtrain.data.imagenet import IMAGENET_WNIDS, ImageNet
+from vtrain.data.images import CorruptImageError, ImageFileLoader, collate_skip_corrupt
 
 
 def _synset_words(path: Path) -> list[str]:

@@ -32,15 +32,15 @@ def test_cifar10_tiny(tiny):
     root = tiny("cifar10_tiny")
     train, test = CIFAR(root, "train"), CIFAR(root, "test")
 
-    assert (len(train), len(test)) == (1500, 300)
+    assert (len(train), len(test)) == (3000, 300)
     assert train.classes == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     assert (
-        np.bincount(train.targets).tolist() == [150] * 10 and np.bincount(test.targets).tolist() == [30] * 10
+        np.bincount(train.targets).tolist() == [300] * 10 and np.bincount(test.targets).tolist() == [30] * 10
     )
     batch = load_cifar_pickle(root / "cifar-10-batches-py" / "data_batch_2")
-    assert batch["batch_label"] == b"training batch 2 of 5" and batch["data"].shape == (300, 3072)
+    assert batch["batch_label"] == b"training batch 2 of 5" and batch["data"].shape == (600, 3072)
     # Images differ from one another (colours, position, noise), not one template per class.
-    assert len({image.tobytes() for image in train.images}) == 1500
+    assert len({image.tobytes() for image in train.images}) == 3000
 
 
 def _digit_indices(batch: dict) -> set[int]:

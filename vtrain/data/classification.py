@@ -10,9 +10,9 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vtrain.data import collate_skip_corrupt
 from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
+from vtrain.data.images import collate_skip_corrupt
 from vtrain.data.tiny import build_tiny
 from vtrain.data.transforms import build_classification_transforms
 
@@ -30,7 +30,7 @@ class ClassificationDataModule(L.LightningDataModule):
             ImageNet root.
         num_classes: expected size of the label space (1000 for ImageNet, also for subsets such as
             imagenet_tiny); a mismatch with the data raises.
-        image_size, recipe, mean, std, crop_pct, randaugment_magnitude: see
+        image_size, recipe, mean, std, crop_pct, randaugment_magnitude, hflip, random_erasing: see
             ``vtrain.data.transforms.build_classification_transforms``.
         batch_size: per device; ``eval_batch_size`` defaults to it.
         skip_corrupt: ImageNet: drop unreadable images from their batch instead of failing; the count is
@@ -52,6 +52,8 @@ class ClassificationDataModule(L.LightningDataModule):
         std: Sequence[float],
         crop_pct: float = 0.875,
         randaugment_magnitude: int | None = None,
+        hflip: bool = True,
+        random_erasing: float = 0.0,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -82,6 +84,8 @@ class ClassificationDataModule(L.LightningDataModule):
             std=tuple(std),
             crop_pct=crop_pct,
             randaugment_magnitude=randaugment_magnitude,
+            hflip=hflip,
+            random_erasing=random_erasing,
         )
         self.train_transform = build_classification_transforms(train=True, **transform_args)
         self.eval_transform = build_classification_transforms(train=False, **transform_args)

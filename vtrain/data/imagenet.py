@@ -23,7 +23,7 @@ from typing import Any
 from torchvision.datasets import DatasetFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vtrain.data import ImageFileLoader
+from vtrain.data.images import ImageFileLoader
 
 IMAGENET_WNIDS: tuple[str, ...] = tuple(Path(__file__).with_name("imagenet_wnids.txt").read_text().split())
 WNID_TO_INDEX: dict[str, int] = {wnid: index for index, wnid in enumerate(IMAGENET_WNIDS)}

@@ -34,6 +34,8 @@ def build_classification_transforms(
     crop_pct: float = 0.875,
     randaugment_magnitude: int | None = None,
     interpolation: str = "bicubic",
+    hflip: bool = True,
+    random_erasing: float = 0.0,
 ) -> v2.Compose:
     """The train or eval pipeline of ``recipe`` (see the module docstring).
 
@@ -45,6 +47,8 @@ def build_classification_transforms(
         randaugment_magnitude: adds RandAugment (2 ops) to a train pipeline, magnitude on timm's 0-10 scale
             ("rand-m9" is 9); None adds nothing.
         interpolation: "bicubic", "bilinear" or "nearest", for the resizes and crops.
+        hflip: random horizontal flips in the train pipeline (off for digits and text).
+        random_erasing: probability of erasing a random rectangle of a normalised train image (DeiT: 0.25).
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, found {recipe!r}")
@@ -52,6 +56,8 @@ def build_classification_transforms(
         raise ValueError(f"crop_pct must be in (0, 1], found {crop_pct}")
     if randaugment_magnitude is not None and not 0 <= randaugment_magnitude <= 10:
         raise ValueError(f"randaugment_magnitude must be in [0, 10], found {randaugment_magnitude}")
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing must be a probability in [0, 1], found {random_erasing}")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, found {interpolation!r}")
     mode = INTERPOLATIONS[interpolation]
@@ -59,16 +65,18 @@ def build_classification_transforms(
 
     if recipe == "cifar":
         resize = [v2.Resize(square, interpolation=mode)] if image_size != 32 else []
-        steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *resize] if train else resize
+        steps = [v2.RandomCrop(32, padding=4), *resize] if train else resize
     elif recipe == "imagenet":
         if train:
-            steps = [v2.RandomResizedCrop(image_size, interpolation=mode), v2.RandomHorizontalFlip()]
+            steps = [v2.RandomResizedCrop(image_size, interpolation=mode)]
         else:
             steps = [v2.Resize(int(image_size / crop_pct), interpolation=mode), v2.CenterCrop(image_size)]
     else:
         steps = [v2.Resize(square, interpolation=mode)]
         if train:
-            steps += [v2.RandomCrop(image_size, padding=image_size // 8), v2.RandomHorizontalFlip()]
+            steps += [v2.RandomCrop(image_size, padding=image_size // 8)]
+    if train and hflip:
+        steps.append(v2.RandomHorizontalFlip())
 
     if train and randaugment_magnitude is not None:
         # 11 bins make magnitude m mean m / 10 of each op's maximum, as in timm's "rand-m<m>". Bilinear:
@@ -86,6 +94,7 @@ def build_classification_transforms(
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(mean), std=list(std)),
+            *([v2.RandomErasing(p=random_erasing, value=0)] if train and random_erasing > 0 else []),
             v2.ToPureTensor(),
         ]
     )

@@ -214,6 +214,10 @@ class VisionTransformer(nn.Module):
         )
         self.pos_embed = nn.Parameter(pos_embed, requires_grad=self.pos_embed.requires_grad)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the recipes keep out of weight decay besides 1-D ones (as in the official code)."""
+        return {"pos_embed", "cls_token"}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Encode images.
 
