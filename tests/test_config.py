@@ -4,6 +4,10 @@ arguments; `--cfg job` prints the whole config."""
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import pytorch_lightning as L
@@ -84,3 +88,39 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert cfg.task._target_ == "vtrain.tasks.ClassificationTask"
     assert cfg.data.dataset == "cifar10"
     assert (REPO / "conf" / "train.yaml").is_file()
+
+
+def test_wheel_ships_the_configs_and_an_installed_copy_finds_them(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("vtrain-*.whl"))
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        assert {
+            "vtrain/conf/train.yaml",
+            "vtrain/conf/experiment/vit_cifar10_tiny.yaml",
+            "vtrain/data/imagenet_wnids.txt",
+        } <= set(archive.namelist())
+        archive.extractall(site)
+    out = subprocess.run(
+        [sys.executable, "-m", "vtrain", "experiment=vit_cifar10_tiny", "--cfg", "job"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert OmegaConf.create(out).name == "vit_cifar10_tiny"
+    probe = "import vtrain.config as c; print(c.config_dir())"
+    found = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert found == str(site / "vtrain" / "conf")
