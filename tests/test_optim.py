@@ -36,4 +36,11 @@ def test_warmup_in_epochs_and_linear_decay():
 
 def test_unknown_decay_is_rejected():
     with pytest.raises(ValueError, match="decay"):
-        _lrs(total_steps=5, decay="step")
+        _lrs(total_steps=5, decay="exponential")
+
+
+def test_step_decay_at_epoch_milestones():
+    lrs = _lrs(total_steps=30, steps_per_epoch=3, decay="step", milestones=[4, 8], gamma=0.1)
+    assert lrs[11] == pytest.approx(1.0)
+    assert lrs[12] == pytest.approx(0.1) and lrs[23] == pytest.approx(0.1)
+    assert lrs[24] == pytest.approx(0.01)

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers, weight_decay_groups
 
 
 def build_mixup(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0):
@@ -106,6 +106,5 @@ class ClassificationTask(L.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return configure_optimizers(
-            self, self.model, self.optimizer_factory, self.scheduler_factory, self.weight_decay
-        )
+        groups = weight_decay_groups(self.model, self.weight_decay)
+        return configure_optimizers(self, groups, self.optimizer_factory, self.scheduler_factory)

@@ -35,15 +35,14 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, skip_1d: bool = T
 
 def configure_optimizers(
     module: L.LightningModule,
-    model: nn.Module,
+    param_groups: list[dict],
     optimizer: OptimizerFactory,
     scheduler: SchedulerFactory | None,
-    weight_decay: float,
 ) -> dict:
-    """Build the optimizer over `model`'s parameter groups and a per-step scheduler that knows the run's
-    total number of optimizer steps (from the Trainer, so `max_epochs`, `max_steps`, accumulation and the
-    number of devices are all accounted for)."""
-    opt = optimizer(weight_decay_groups(model, weight_decay))
+    """Build the optimizer over `param_groups` and a per-step scheduler that knows the run's total number
+    of optimizer steps (from the Trainer, so `max_epochs`, `max_steps`, accumulation and the number of
+    devices are all accounted for)."""
+    opt = optimizer(param_groups)
     if scheduler is None:
         return {"optimizer": opt}
     trainer = module.trainer
