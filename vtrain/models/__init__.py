@@ -6,9 +6,9 @@ import os
 
 from torch import nn
 
-from vtrain.models import vit
+from vtrain.models import detr, vit
 
-FAMILIES = (vit,)
+FAMILIES = (vit, detr)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtrain.checkpoint import first_line, load_checkpoint
+from vtrain.checkpoint import first_line, fit_state_dict, format_keys, read_state_dict
 from vtrain.layers import resample_abs_pos_embed
 from vtrain.models.vit.model import VisionTransformer
 
@@ -49,7 +49,7 @@ def load_vit_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ViT checkpoint {path} does not exist or is not a file")
-    state_dict = _read_npz(path) if _is_npz(path) else _read_torch(path)
+    state_dict = _read_npz(path) if _is_npz(path) else read_state_dict(path)
     _fit_to_model(model, state_dict, path, strict)
     return model
 
@@ -61,30 +61,6 @@ def _is_npz(path: Path) -> bool:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     return bool(names) and all(name.endswith(".npy") for name in names)
-
-
-def _read_torch(path: Path) -> dict[str, torch.Tensor]:
-    """Read a torch file with ``weights_only=True`` and return the timm-keyed state dict inside it."""
-    checkpoint = load_checkpoint(path)
-    state_dict = checkpoint
-    if isinstance(state_dict, dict):
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state_dict.get(wrapper), dict):
-                state_dict = state_dict[wrapper]
-                break
-        # a vtrain Lightning checkpoint keeps the network under the task module's `model` attribute
-        network = {
-            k.removeprefix("model."): v
-            for k, v in state_dict.items()
-            if isinstance(k, str) and k.startswith("model.")
-        }
-        state_dict = network or state_dict
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
-    ):
-        found = list(state_dict)[:8] if isinstance(state_dict, dict) else type(state_dict).__name__
-        raise ValueError(f"{path} holds no state dict of tensors (found {found})")
-    return state_dict
 
 
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
@@ -121,7 +97,7 @@ def convert_jax_vit(
     if prefix is None:
         raise ValueError(
             f"{path} is not a ViT JAX checkpoint: no 'embedding/kernel' array at the top level or under "
-            f"{', '.join(repr(p) for p in _JAX_PREFIXES[1:])} (found {_format_keys(sorted(weights))})"
+            f"{', '.join(repr(p) for p in _JAX_PREFIXES[1:])} (found {format_keys(sorted(weights))})"
         )
     used: set[str] = set()
 
@@ -208,11 +184,6 @@ def _shape(tensor: torch.Tensor | None) -> tuple[int, ...] | None:
     return None if tensor is None else tuple(tensor.shape)
 
 
-def _format_keys(keys: list[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _fit_to_model(
     model: VisionTransformer, state_dict: dict[str, torch.Tensor], path: Path, strict: bool
 ) -> None:
@@ -258,24 +229,4 @@ def _fit_to_model(
             ", ".join(skipped) or "nothing",
         )
 
-    missing = [k for k in expected if k not in state_dict and k not in allowed_missing]
-    unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [
-        f"{k} {_shape(v)} (model {_shape(expected[k])})"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    problems = [f"mis-shaped keys {_format_keys(mis_shaped)}"] if mis_shaped else []
-    if strict:
-        problems += [f"missing keys {_format_keys(missing)}"] if missing else []
-        problems += [f"unexpected keys {_format_keys(unexpected)}"] if unexpected else []
-    if problems:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: {'; '.join(problems)}")
-    if missing or unexpected:
-        logger.warning(
-            "%s: loaded non-strictly; missing %s; unexpected %s",
-            path,
-            _format_keys(missing) or "none",
-            _format_keys(unexpected) or "none",
-        )
-    model.load_state_dict(state_dict, strict=False)
+    fit_state_dict(model, state_dict, path, strict, frozenset(allowed_missing))
