@@ -1,14 +1,20 @@
+import contextlib
 import hashlib
+import io
+import json
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from vtrain.data.cifar import CIFAR, load_cifar_pickle
 from vtrain.data.imagenet import IMAGENET_WNIDS, ImageNet
-from vtrain.data.tiny import IMAGENET_TINY_PHOTOS, TINY_SETS, build_tiny, main
+from vtrain.data.tiny import COCO_TINY_CATEGORIES, IMAGENET_TINY_PHOTOS, TINY_SETS, build_tiny, main
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -114,3 +120,89 @@ def test_command_line_builds_each_set_under_its_name(tmp_path, capsys):
     assert capsys.readouterr().out == f"cifar100_tiny: {tmp_path / 'cifar100_tiny'}\n"
     with pytest.raises(SystemExit):
         main(["--root", str(tmp_path), "mnist"])
+
+
+def _coco_json(root: Path, split: str) -> dict:
+    return json.loads((root / "annotations" / f"instances_{split}2017.json").read_text())
+
+
+def test_coco_tiny_is_a_complete_coco_set(tiny):
+    root = tiny("coco_tiny")
+    for split, n_images in (("train", 48), ("val", 16)):
+        content = _coco_json(root, split)
+        assert list(content) == ["info", "licenses", "images", "annotations", "categories"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(root / "annotations" / f"instances_{split}2017.json"))
+        assert len(coco.imgs) == n_images == len(list((root / f"{split}2017").glob("*.jpg")))
+        assert [(c["id"], c["name"]) for c in content["categories"]] == [
+            (cat_id, name) for cat_id, name, _, _, _ in COCO_TINY_CATEGORIES
+        ]
+        assert [c["id"] for c in content["categories"]] == [1, 3, 7, 10]
+        crowds = [a for a in coco.anns.values() if a["iscrowd"]]
+        assert len(crowds) == n_images // 8 and all(a["category_id"] == 7 for a in crowds)
+        for image_id, image in coco.imgs.items():
+            with Image.open(root / f"{split}2017" / image["file_name"]) as f:
+                assert f.size == (image["width"], image["height"]) in {(160, 128), (128, 160), (144, 128)}
+            boxes = [a["bbox"] for a in coco.imgToAnns[image_id]]
+            for x, y, w, h in boxes:  # inside the image
+                assert x >= 0 and y >= 0 and x + w <= image["width"] and y + h <= image["height"]
+            for i, (x, y, w, h) in enumerate(boxes):  # disjoint, so every object is wholly visible
+                assert all(
+                    x + w <= u or u + s <= x or y + h <= v or v + t <= y for u, v, s, t in boxes[i + 1 :]
+                )
+        for a in coco.anns.values():
+            mask = coco.annToMask(a)
+            ys, xs = np.nonzero(mask)
+            assert a["area"] == mask.sum() and a["bbox"] == [
+                xs.min(),
+                ys.min(),
+                np.ptp(xs) + 1,
+                np.ptp(ys) + 1,
+            ]
+            if not a["iscrowd"]:
+                assert (
+                    isinstance(a["segmentation"], list)
+                    and 24 <= min(a["bbox"][2:]) <= max(a["bbox"][2:]) <= 64
+                )
+        objects = np.bincount([len(coco.getAnnIds(imgIds=i, iscrowd=False)) for i in coco.imgs], minlength=5)
+        assert objects[1:5].sum() == n_images - objects[0] and objects[0] == (split == "train")
+
+
+def test_coco_tiny_digit_boxes_frame_the_yellow_cards(tiny):
+    root = tiny("coco_tiny")
+    content = _coco_json(root, "val")
+    files = {image["id"]: image["file_name"] for image in content["images"]}
+    for a in content["annotations"]:
+        if a["category_id"] == 7 and not a["iscrowd"]:
+            x, y, w, h = (int(v) for v in a["bbox"])
+            pixels = np.asarray(Image.open(root / "val2017" / files[a["image_id"]]), dtype=np.float32)
+            ring = pixels[y + 1 : y + h - 1, x + 1 : x + w - 1]
+            edge = np.concatenate([ring[0], ring[-1], ring[:, 0], ring[:, -1]])  # card margin, just inside
+            assert edge[:, 0].mean() > 180 and edge[:, 2].mean() < 110
+
+
+def test_coco_tiny_splits_are_disjoint(tiny):
+    root = tiny("coco_tiny")
+    train, val = _coco_json(root, "train"), _coco_json(root, "val")
+    for key in ("images", "annotations"):
+        assert not {e["id"] for e in train[key]} & {e["id"] for e in val[key]}
+    digests = [{_sha(str(p)) for p in (root / f"{split}2017").glob("*.jpg")} for split in ("train", "val")]
+    assert len(digests[0]) == 48 and len(digests[1]) == 16 and not digests[0] & digests[1]
+
+
+def test_coco_tiny_ground_truth_scores_an_ap_of_one(tiny):
+    root = tiny("coco_tiny")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(root / "annotations" / "instances_val2017.json"))
+        detections = coco.loadRes(
+            [
+                {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                for a in coco.anns.values()
+                if not a["iscrowd"]
+            ]
+        )
+        evaluation = COCOeval(coco, detections, "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)

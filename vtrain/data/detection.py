@@ -1,0 +1,185 @@
+"""LightningDataModule for COCO-format object detection with DETR's augmentation.
+
+Batches are ``(images [B, 3, H, W] float32 normalised and zero-padded, mask [B, H, W] bool True on padding,
+targets)``, ``targets`` a list of B dicts: ``boxes`` [N, 4] normalised cx, cy, w, h, ``labels`` [N] int64
+category ids, ``image_id``, ``orig_size`` and ``size`` (h, w), ``area``, ``iscrowd`` (see
+``vtrain.data.coco.CocoDetection`` and ``vtrain.data.detection_transforms``).
+"""
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vtrain.data.coco import CocoDetection, collate_detection
+from vtrain.data.detection_transforms import (
+    DETR_CROP_MAX,
+    DETR_CROP_MIN,
+    DETR_EVAL_SIZE,
+    DETR_MAX_SIZE,
+    DETR_PRE_CROP_SCALES,
+    DETR_SCALES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_detr_transforms,
+)
+from vtrain.data.tiny import build_tiny
+
+log = logging.getLogger(__name__)
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val / test loaders for the COCO-format set under ``root``; test uses the val split.
+
+    Args:
+        root: folder holding ``annotations/instances_<split>2017.json`` and ``<split>2017/``.
+        train_split, val_split: split names; val_split "train" checks that a model fits its training data.
+        num_classes: expected max category id + 1 (91 for COCO); a mismatch with the data raises. None
+            takes it from the annotation file (``self.num_classes`` after ``setup``).
+        scales, max_size, pre_crop_scales, crop_min, crop_max, eval_size, hflip: DETR's augmentation, see
+            ``vtrain.data.detection_transforms.build_detr_transforms``; the defaults are the paper's.
+        mean, std: input normalisation (the backbone's; ImageNet statistics for DETR's ResNets).
+        batch_size: per device; ``eval_batch_size`` defaults to it.
+        size_divisibility: pad each batch to a multiple of this (1: to the largest image only, as DETR).
+        skip_corrupt: drop unreadable images from their batch instead of failing; ``corrupt_count()``.
+        tiny: name of a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
+        train_subset: keep only the first N training images (debugging).
+
+    Both splits get DETR's targets, crowd regions left out (the validation loss is the training loss);
+    COCO mAP is computed against ``val_annotation_file``, where the crowd regions are.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "train",
+        val_split: str = "val",
+        num_classes: int | None = None,
+        scales: Sequence[int] = DETR_SCALES,
+        max_size: int = DETR_MAX_SIZE,
+        pre_crop_scales: Sequence[int] = DETR_PRE_CROP_SCALES,
+        crop_min: int = DETR_CROP_MIN,
+        crop_max: int = DETR_CROP_MAX,
+        eval_size: int = DETR_EVAL_SIZE,
+        hflip: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        size_divisibility: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        skip_corrupt: bool = False,
+        tiny: str | None = None,
+        train_subset: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root, self.train_split, self.val_split = root, train_split, val_split
+        self.num_classes, self.tiny, self.train_subset = num_classes, tiny, train_subset
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.skip_corrupt = num_workers, skip_corrupt
+        # Pinning needs a GPU; without one torch warns on every loader.
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.collate = functools.partial(collate_detection, size_divisibility=size_divisibility)
+        common = dict(
+            max_size=max_size, scales=tuple(scales), eval_size=eval_size, mean=tuple(mean), std=tuple(std)
+        )
+        crops = dict(pre_crop_scales=tuple(pre_crop_scales), crop_min=crop_min, crop_max=crop_max)
+        self.train_transform = build_detr_transforms(train=True, hflip=hflip, **common, **crops)
+        self.eval_transform = build_detr_transforms(train=False, **common)
+        self.train_set: Dataset | None = None
+        self.val_set: CocoDetection | None = None
+
+    @property
+    def val_annotation_file(self) -> Path:
+        """The val split's annotation file, for COCO evaluation (pycocotools COCOeval)."""
+        return Path(self.root) / "annotations" / f"instances_{self.val_split}2017.json"
+
+    @property
+    def category_names(self) -> list[str]:
+        """Category names by label ("N/A" for ids the file does not use); needs ``setup``."""
+        if self.val_set is None:
+            raise RuntimeError("DetectionDataModule: call setup() before asking for category_names")
+        return self.val_set.category_names
+
+    def prepare_data(self) -> None:
+        if self.tiny is not None:
+            build_tiny(self.tiny, self.root)
+
+    def _load(self, split: str, train: bool) -> CocoDetection:
+        """``split`` with the train or the eval transforms, its label space checked."""
+        transform = self.train_transform if train else self.eval_transform
+        dataset = CocoDetection(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+        if self.num_classes is None:
+            self.num_classes = dataset.num_classes
+        if dataset.num_classes != self.num_classes:
+            raise ValueError(
+                f"{dataset.annotation_file}: num_classes is {self.num_classes} but the largest category id "
+                f"is {dataset.num_classes - 1} (num_classes = largest id + 1 = {dataset.num_classes})"
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the val split for every stage and the train split for "fit"."""
+        if self.val_set is None:
+            self.val_set = self._load(self.val_split, train=False)
+        if stage not in (None, "fit") or self.train_set is not None:
+            return
+        train_set = self._load(self.train_split, train=True)
+        if train_set.categories != self.val_set.categories:
+            raise ValueError(
+                f"{train_set.annotation_file} and {self.val_set.annotation_file} declare different "
+                f"categories: {train_set.categories} and {self.val_set.categories}"
+            )
+        if self.train_subset is not None and self.train_subset < len(train_set):
+            train_set = Subset(train_set, range(self.train_subset))
+        if len(train_set) < self.batch_size:
+            # The train loader drops the last incomplete batch: it would produce no batch at all.
+            raise ValueError(
+                f"COCO {self.train_split} under {self.root}: {len(train_set)} training images are fewer than "
+                f"batch_size {self.batch_size}"
+            )
+        self.train_set = train_set
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("DetectionDataModule: call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=self.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def corrupt_count(self) -> int:
+        """Images skipped as corrupt so far, over both splits and all worker processes."""
+        datasets = [self.train_set, self.val_set]
+        bases = [d.dataset if isinstance(d, Subset) else d for d in datasets if d is not None]
+        return sum(d.loader.skipped for d in bases)
+
+    def teardown(self, stage: str) -> None:
+        if self.skip_corrupt:
+            count = self.corrupt_count()
+            (log.warning if count else log.info)(
+                "COCO under %s: %d corrupt images skipped so far", self.root, count
+            )
