@@ -167,3 +167,14 @@ def test_corrupt_images_fail_naming_the_file_or_are_skipped_and_counted(make_cfg
     run(make_cfg([*common, "data.skip_corrupt=true"], output_dir=tmp_path / "skip"))
     metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
     assert metrics["data/corrupt_images_skipped"] == 1
+
+
+def test_detr_smoke_fit_logs_coco_ap_and_draws_predictions(make_cfg, tmp_path):
+    out = tmp_path / "detr"
+    run(make_cfg(["experiment=detr_coco_tiny", *SMOKE], output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"val/AP", "val/AP50", "val/loss_giou", "test/AP", "train/loss_ce_epoch"} <= set(metrics)
+    assert 0.0 <= metrics["val/AP"] <= 1.0
+    assert list((out / "pictures").glob("val_step*.png"))
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert "model.query_embed.weight" in ckpt["state_dict"]

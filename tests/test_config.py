@@ -17,10 +17,14 @@ from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import REPO, run_cli
 from vtrain.config import config_dir
+from vtrain.data.tiny import build_tiny
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 # Experiments that need a value from the user to run (fine-tuning needs its pretrained weights).
-NEEDS = {"vit_b16_cifar10": ["pretrained=null"]}
+NEEDS = {
+    "vit_b16_cifar10": ["pretrained=null"],
+    "detr_finetune_custom": ["pretrained=null", "data.root={coco_tiny}"],
+}
 
 
 def test_experiments_exist():
@@ -28,8 +32,10 @@ def test_experiments_exist():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes_and_instantiates(make_cfg, experiment):
-    cfg = make_cfg([f"experiment={experiment}", *NEEDS.get(experiment, [])])
+def test_experiment_composes_and_instantiates(make_cfg, data_dir, experiment):
+    coco_tiny = build_tiny("coco_tiny", data_dir / "coco_tiny")
+    needs = [value.format(coco_tiny=coco_tiny) for value in NEEDS.get(experiment, [])]
+    cfg = make_cfg([f"experiment={experiment}", *needs])
     assert cfg.name == experiment
     OmegaConf.resolve(cfg)
     datamodule = instantiate(cfg.data)
@@ -41,6 +47,14 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment):
         instantiate(node)
     trainer_args = {k: v for k, v in cfg.trainer.items() if k != "_target_"}
     inspect.signature(L.Trainer).bind(**trainer_args)
+
+
+def test_custom_coco_num_classes_comes_from_the_annotation_file(make_cfg, data_dir):
+    coco_tiny = build_tiny("coco_tiny", data_dir / "coco_tiny")
+    cfg = make_cfg(["experiment=detr_finetune_custom", "pretrained=null", f"data.root={coco_tiny}"])
+    assert cfg.data.num_classes == cfg.model.num_classes == cfg.task.criterion.num_classes == 11
+    with pytest.raises(Exception, match="instances_train2017.json"):
+        OmegaConf.resolve(make_cfg(["experiment=detr_finetune_custom", "pretrained=null", "data.root=/nope"]))
 
 
 def test_finetuning_requires_pretrained_weights(make_cfg):

@@ -2,5 +2,6 @@
 optimizer / scheduler factories from the config; the networks never import Lightning."""
 
 from vtrain.tasks.classification import ClassificationTask
+from vtrain.tasks.detection import DetectionTask
 
-__all__ = ["ClassificationTask"]
+__all__ = ["ClassificationTask", "DetectionTask"]

@@ -1,0 +1,102 @@
+"""DetectionTask: an oracle that predicts the ground truth scores AP 1 through the whole evaluation path
+(eval transforms, normalised boxes, post-processing to original pixels, COCOeval); backbone LR groups."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import pytorch_lightning as L
+import torch
+from torch import nn
+
+from vtrain.data.detection import DetectionDataModule
+from vtrain.models.detr import PostProcess, SetCriterion, detr_tiny
+from vtrain.tasks import DetectionTask
+
+
+class Oracle(nn.Module):
+    """Predicts, for the images of the current batch, exactly the targets it is shown beforehand."""
+
+    def __init__(self, num_classes: int, num_queries: int = 10) -> None:
+        super().__init__()
+        self.num_classes, self.num_queries = num_classes, num_queries
+        self.scale = nn.Parameter(torch.ones(()))  # something for the optimizer
+        self.targets: list[dict] = []
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
+        logits = torch.full((len(images), self.num_queries, self.num_classes + 1), -10.0)
+        logits[..., -1] = 10.0
+        boxes = torch.full((len(images), self.num_queries, 4), 0.5)
+        for i, target in enumerate(self.targets):
+            n = len(target["labels"])
+            logits[i, torch.arange(n), target["labels"]] = 10.0
+            logits[i, :n, -1] = -10.0
+            boxes[i, :n] = target["boxes"]
+        return {"pred_logits": logits * self.scale, "pred_boxes": boxes}
+
+
+class ShowTargets(L.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        pl_module.model.targets = batch[2]
+
+
+def _datamodule(data_dir) -> DetectionDataModule:
+    return DetectionDataModule(
+        root=str(data_dir / "coco_tiny"),
+        tiny="coco_tiny",
+        num_classes=11,
+        eval_size=128,
+        max_size=200,
+        scales=[96, 128],
+        pre_crop_scales=[96],
+        crop_min=64,
+        crop_max=96,
+        batch_size=4,
+        num_workers=0,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+
+
+def _task(model: nn.Module, **kwargs) -> DetectionTask:
+    return DetectionTask(
+        model,
+        SetCriterion(num_classes=11, dec_layers=1),
+        PostProcess(),
+        functools.partial(torch.optim.AdamW, lr=1e-4),
+        **kwargs,
+    )
+
+
+def test_an_oracle_scores_ap_one_and_its_boxes_are_drawn(data_dir, tmp_path):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ShowTargets()],
+        default_root_dir=tmp_path,
+    )
+    metrics = trainer.validate(
+        _task(Oracle(11), num_pictures=2), datamodule=_datamodule(data_dir), verbose=False
+    )[0]
+    assert metrics["val/AP"] == pytest.approx(1.0)
+    assert metrics["val/AP50"] == pytest.approx(1.0)
+    assert metrics["val/loss_bbox"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["val/class_error"] == pytest.approx(0.0)
+    assert len(list((tmp_path / "pictures").glob("val_step*.png"))) == 1
+
+
+def test_backbone_gets_its_own_learning_rate_and_frozen_layers_are_left_out():
+    task = _task(detr_tiny(num_classes=11), backbone_lr=1e-5)
+    rest, backbone = task.param_groups()
+    assert backbone["lr"] == 1e-5 and "lr" not in rest
+    assert rest["weight_decay"] == backbone["weight_decay"] == 1e-4
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    assert all(names[id(p)].startswith("backbone.") for p in backbone["params"])
+    assert not any(names[id(p)].startswith("backbone.") for p in rest["params"])
+    trainable = [p for p in task.model.parameters() if p.requires_grad]
+    assert (
+        len(rest["params"]) + len(backbone["params"]) == len(trainable) < len(list(task.model.parameters()))
+    )
