@@ -1,0 +1,3 @@
+from vtrain.data.tiny import main
+
+main()
