@@ -173,6 +173,23 @@ def test_sine_encoding_matches_the_formula():
             assert pos[0, feats + c, i, j].item() == pytest.approx(wave(x / wavelength), abs=1e-5)
 
 
+def test_trainable_batchnorm_backbone_trains_every_stage_and_loads_torchvision_weights(tmp_path):
+    frozen, trainable = Backbone("resnet18"), Backbone("resnet18", frozen_bn=False)
+    assert not any(
+        p.requires_grad for n, p in frozen.body.named_parameters() if n.startswith(("conv1", "layer1"))
+    )
+    assert all(p.requires_grad for p in trainable.body.parameters())
+    assert isinstance(trainable.body.bn1, torch.nn.BatchNorm2d)
+    reference = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = Backbone("resnet18", weights=path, frozen_bn=False).eval()
+    images, mask = pad_images([torch.randn(3, 64, 64)])
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(reference.children())[:-2])
+        torch.testing.assert_close(loaded(images, mask)[0], trunk(images), atol=1e-5, rtol=0)
+
+
 def test_sine_encoding_ignores_padding():
     encode = PositionEmbeddingSine()
     alone = encode(torch.zeros(1, 4, 5, dtype=torch.bool))

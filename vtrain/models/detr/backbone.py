@@ -22,7 +22,9 @@ class Backbone(nn.Module):
     """torchvision ResNet with FrozenBatchNorm2d, returning the last stage's features.
 
     The stem (``conv1``, ``bn1``) and ``layer1`` never train, as in the official code; BatchNorm statistics
-    and affine terms are buffers and never train either.
+    and affine terms are buffers and never train either. That recipe assumes ImageNet weights: without
+    them (training from scratch, the tiny CPU runs) a frozen random stem and identity BatchNorms leave the
+    features unnormalised, so ``frozen_bn=False`` switches to ordinary BatchNorm and trains every stage.
 
     Args:
         name: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``.
@@ -31,6 +33,8 @@ class Backbone(nn.Module):
         train_backbone: False freezes every backbone parameter (official ``--lr_backbone 0``).
         weights: a torchvision-format ImageNet state dict file (``conv1.weight``, ..., ``fc.bias``; the
             classifier is ignored) to start from; None keeps torchvision's random initialisation.
+        frozen_bn: FrozenBatchNorm2d with the stem and layer1 frozen (the paper); False: trainable
+            BatchNorm2d and every stage trained (not in the paper; for training without ImageNet weights).
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class Backbone(nn.Module):
         dilation: bool = False,
         train_backbone: bool = True,
         weights: str | os.PathLike | None = None,
+        frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         if name not in RESNETS:
@@ -46,7 +51,9 @@ class Backbone(nn.Module):
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"Backbone: dilation (DC5) needs a bottleneck ResNet, {name} has basic blocks")
         resnet = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
+            weights=None,
+            replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
         )
         stages = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
         self.body = nn.Sequential(OrderedDict((stage, getattr(resnet, stage)) for stage in stages))
@@ -58,9 +65,10 @@ class Backbone(nn.Module):
                 for k, v in state_dict.items()
                 if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
             }
-            fit_state_dict(self.body, state_dict, weights, strict=True)
+            counters = frozenset(k for k in self.body.state_dict() if k.endswith("num_batches_tracked"))
+            fit_state_dict(self.body, state_dict, weights, strict=True, allowed_missing=counters)
         for param_name, param in self.body.named_parameters():
-            trained = param_name.startswith(("layer2.", "layer3.", "layer4."))
+            trained = not frozen_bn or param_name.startswith(("layer2.", "layer3.", "layer4."))
             param.requires_grad_(train_backbone and trained)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,7 +47,9 @@ class DETR(nn.Module):
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
         dilation: DC5 backbone (last stage dilated, features at stride 16).
         backbone_weights: torchvision-format ImageNet weights file for the backbone; None keeps it random.
-        train_backbone: False freezes the whole backbone (the stem and ``layer1`` are always frozen).
+        train_backbone: False freezes the whole backbone (with frozen_bn the stem and ``layer1`` always are).
+        frozen_bn: the paper's FrozenBatchNorm2d backbone; False trains BatchNorm2d and every stage (for
+            training without ImageNet weights; see :class:`Backbone`).
         position_embedding: ``sine`` (DETR) or ``learned``.
         hidden_dim: transformer width D.
         nheads: attention heads.
@@ -67,6 +69,7 @@ class DETR(nn.Module):
         dilation: bool = False,
         backbone_weights: str | os.PathLike | None = None,
         train_backbone: bool = True,
+        frozen_bn: bool = True,
         position_embedding: str = "sine",
         hidden_dim: int = 256,
         nheads: int = 8,
@@ -90,7 +93,7 @@ class DETR(nn.Module):
                 f"DETR: position_embedding must be 'sine' or 'learned', got {position_embedding!r}"
             )
         backbone_module = BackboneWithPositionEncoding(
-            Backbone(backbone, dilation, train_backbone, backbone_weights), position_encoding
+            Backbone(backbone, dilation, train_backbone, backbone_weights, frozen_bn), position_encoding
         )
         self.num_classes = num_classes
         self.num_queries = num_queries
