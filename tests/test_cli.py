@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import SMOKE, run_cli
@@ -178,3 +180,14 @@ def test_detr_smoke_fit_logs_coco_ap_and_draws_predictions(make_cfg, tmp_path):
     assert list((out / "pictures").glob("val_step*.png"))
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert "model.query_embed.weight" in ckpt["state_dict"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("experiment", ["vit_cifar10_tiny", "detr_coco_tiny"])
+def test_smoke_fit_on_gpu_in_bf16(make_cfg, tmp_path, experiment):
+    out = tmp_path / experiment
+    gpu = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed"]
+    run(make_cfg([f"experiment={experiment}", *SMOKE, *gpu], output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(math.isfinite(v) for v in metrics.values())
