@@ -296,7 +296,7 @@ def test_datamodule_checks_num_classes_and_batch_size(tiny):
     datamodule = _datamodule(tiny("coco_tiny"), num_classes=None, train_subset=8)
     datamodule.setup("fit")
     assert datamodule.num_classes == 11 and len(datamodule.train_set) == 8
-    with pytest.raises(ValueError, match="3 training images are fewer than batch_size 4"):
+    with pytest.raises(ValueError, match="3 training samples are fewer than batch_size 4"):
         _datamodule(tiny("coco_tiny"), train_subset=3).setup("fit")
 
 

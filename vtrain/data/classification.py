@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
+from vtrain.data.loading import make_loader, training_set
 from vtrain.data.tiny import build_tiny
 from vtrain.data.transforms import build_classification_transforms
 
@@ -119,28 +120,21 @@ class ClassificationDataModule(L.LightningDataModule):
         if stage not in (None, "fit") or self.train_set is not None:
             return
         train_set = self._load("train", train=True)
-        if self.train_subset is not None and self.train_subset < len(train_set):
-            train_set = Subset(train_set, range(self.train_subset))
-        if len(train_set) < self.batch_size:
-            # The train loader drops the last incomplete batch: it would produce no batch at all.
-            raise ValueError(
-                f"{self.dataset} under {self.root}: {len(train_set)} training samples are fewer than "
-                f"batch_size {self.batch_size}"
-            )
+        train_set = training_set(
+            train_set, self.train_subset, self.batch_size, f"{self.dataset} under {self.root}"
+        )
         self.train_set = train_set
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("ClassificationDataModule: call setup() before asking for a dataloader")
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=collate_skip_corrupt if self.skip_corrupt else None,
+            batch_size,
+            train,
+            self.num_workers,
+            self.pin_memory,
+            self.persistent_workers,
+            collate_skip_corrupt if self.skip_corrupt else None,
+            "ClassificationDataModule",
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -27,6 +27,7 @@ from vtrain.data.detection_transforms import (
     IMAGENET_STD,
     build_detr_transforms,
 )
+from vtrain.data.loading import make_loader, training_set
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -138,28 +139,21 @@ class DetectionDataModule(L.LightningDataModule):
                 f"{train_set.annotation_file} and {self.val_set.annotation_file} declare different "
                 f"categories: {train_set.categories} and {self.val_set.categories}"
             )
-        if self.train_subset is not None and self.train_subset < len(train_set):
-            train_set = Subset(train_set, range(self.train_subset))
-        if len(train_set) < self.batch_size:
-            # The train loader drops the last incomplete batch: it would produce no batch at all.
-            raise ValueError(
-                f"COCO {self.train_split} under {self.root}: {len(train_set)} training images are fewer than "
-                f"batch_size {self.batch_size}"
-            )
+        train_set = training_set(
+            train_set, self.train_subset, self.batch_size, f"COCO {self.train_split} under {self.root}"
+        )
         self.train_set = train_set
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("DetectionDataModule: call setup() before asking for a dataloader")
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=self.collate,
+            batch_size,
+            train,
+            self.num_workers,
+            self.pin_memory,
+            self.persistent_workers,
+            self.collate,
+            "DetectionDataModule",
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,45 @@
+"""DataLoader plumbing the DataModules share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch.utils.data import DataLoader, Dataset, Subset
+
+
+def training_set(dataset: Dataset, subset: int | None, batch_size: int, what: str) -> Dataset:
+    """`dataset`, cut to its first `subset` samples when asked (debugging), checked to fill one batch.
+
+    The train loader drops the last incomplete batch, so a set smaller than `batch_size` would produce no
+    batch at all: that raises, naming `what` (the data set and where it lives).
+    """
+    if subset is not None and subset < len(dataset):
+        dataset = Subset(dataset, range(subset))
+    if len(dataset) < batch_size:
+        raise ValueError(f"{what}: {len(dataset)} training samples are fewer than batch_size {batch_size}")
+    return dataset
+
+
+def make_loader(
+    dataset: Dataset | None,
+    batch_size: int,
+    train: bool,
+    num_workers: int,
+    pin_memory: bool,
+    persistent_workers: bool,
+    collate_fn: Callable | None,
+    owner: str,
+) -> DataLoader:
+    """A shuffled, last-batch-dropping loader for training, a sequential complete one for evaluation."""
+    if dataset is None:
+        raise RuntimeError(f"{owner}: call setup() before asking for a dataloader")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+        collate_fn=collate_fn,
+    )
