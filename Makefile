@@ -47,9 +47,10 @@ format: install-dev
 	$(BIN)/ruff format vtrain tests scripts
 	$(BIN)/ruff check --fix vtrain tests scripts
 
-## Training throughput and peak memory of ViT-S/16 vs timm; writes docs/benchmarks.md.
+## Speed and memory: ViT-S/16 against timm, DETR R50 and its matcher; writes docs/benchmarks.md.
 bench: install-dev
-	$(PY) scripts/bench.py --output docs/benchmarks.md
+	$(PY) scripts/bench.py vit --output docs/benchmarks.md
+	$(PY) scripts/bench.py detr --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
