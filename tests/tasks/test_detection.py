@@ -100,3 +100,39 @@ def test_backbone_gets_its_own_learning_rate_and_frozen_layers_are_left_out():
     assert (
         len(rest["params"]) + len(backbone["params"]) == len(trainable) < len(list(task.model.parameters()))
     )
+
+
+def _detections(task: DetectionTask, datamodule: DetectionDataModule, tmp_path) -> dict[int, list[dict]]:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.validate(task, datamodule=datamodule, verbose=False)
+    return task.evaluator._results
+
+
+def _scores(results: dict[int, list[dict]]) -> torch.Tensor:
+    return torch.tensor([[r["score"], *r["bbox"]] for image_id in sorted(results) for r in results[image_id]])
+
+
+def test_unpadded_evaluation_equals_one_image_per_batch_and_padding_changes_predictions(data_dir, tmp_path):
+    torch.manual_seed(0)
+    task = DetectionTask(
+        detr_tiny(num_classes=11),
+        SetCriterion(num_classes=11, dec_layers=2),
+        PostProcess(),
+        functools.partial(torch.optim.AdamW, lr=1e-4),
+        num_pictures=0,
+    ).eval()
+    datamodule = _datamodule(data_dir)
+    datamodule.eval_batch_size = 1
+    single = _scores(_detections(task, datamodule, tmp_path))
+    datamodule.eval_batch_size = 8
+    padded = _scores(_detections(task, datamodule, tmp_path))
+    task.eval_unpadded = True
+    unpadded = _scores(_detections(task, datamodule, tmp_path))
+    torch.testing.assert_close(unpadded, single, atol=1e-4, rtol=1e-4)
+    assert (padded - single).abs().max() > 1e-3  # the tiny set has three image sizes, so batches are padded

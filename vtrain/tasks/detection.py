@@ -36,6 +36,8 @@ class DetectionTask(L.LightningModule):
         weight_decay: applied to every parameter, as in the DETR recipe.
         eval_backend: COCOeval implementation, "pycocotools" or "faster_coco_eval".
         mean, std: the input normalisation, to draw the images back in colour.
+        eval_unpadded: evaluate every image alone at its own size (as with one image per batch) while still
+            loading batches: DETR's predictions change with the padding a batch adds (see docs/detr.md).
         num_pictures: validation images drawn with their predicted boxes each validation (0: none).
         picture_score: boxes scored below this are not drawn.
     """
@@ -52,6 +54,7 @@ class DetectionTask(L.LightningModule):
         eval_backend: str = "pycocotools",
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        eval_unpadded: bool = False,
         num_pictures: int = 4,
         picture_score: float = 0.5,
     ) -> None:
@@ -62,15 +65,27 @@ class DetectionTask(L.LightningModule):
         self.eval_backend = eval_backend
         self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+        self.eval_unpadded = eval_unpadded
         self.num_pictures, self.picture_score = num_pictures, picture_score
         self.evaluator: CocoEvaluator | None = None
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
         return self.model(images, mask)
 
+    def _forward(self, images: torch.Tensor, mask: torch.Tensor, unpadded: bool) -> dict:
+        """The model's outputs for a padded batch; with `unpadded`, each image goes through alone, cut to its
+        own size, so that its predictions do not depend on what it was batched with."""
+        if not unpadded:
+            return self.model(images, mask)
+        singles = []
+        for image, image_mask in zip(images, mask, strict=True):
+            h, w = int((~image_mask).sum(0).max()), int((~image_mask).sum(1).max())
+            singles.append(self.model(image[None, :, :h, :w], image_mask[None, :h, :w]))
+        return _concat_outputs(singles)
+
     def _losses(self, batch: Batch, stage: str) -> tuple[torch.Tensor, dict]:
         images, mask, targets = batch
-        outputs = self.model(images, mask)
+        outputs = self._forward(images, mask, unpadded=stage != "train" and self.eval_unpadded)
         losses = self.criterion(outputs, targets)
         weights = self.criterion.weight_dict
         loss = sum(losses[k] * w for k, w in weights.items() if k in losses)
@@ -200,3 +215,17 @@ class DetectionTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_optimizers(self, self.param_groups(), self.optimizer_factory, self.scheduler_factory)
+
+
+def _concat_outputs(outputs: list[dict]) -> dict:
+    """Stack per-image DETR outputs (each with batch size 1) into one batch, auxiliary outputs included."""
+    merged = {key: torch.cat([o[key] for o in outputs]) for key in ("pred_logits", "pred_boxes")}
+    if "aux_outputs" in outputs[0]:
+        merged["aux_outputs"] = [
+            {
+                key: torch.cat([o["aux_outputs"][i][key] for o in outputs])
+                for key in ("pred_logits", "pred_boxes")
+            }
+            for i in range(len(outputs[0]["aux_outputs"]))
+        ]
+    return merged
