@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import pytorch_lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
-from vtrain.data.loading import make_loader, training_set
+from vtrain.data.loading import corrupt_images_skipped, make_loader, training_set
 from vtrain.data.tiny import build_tiny
 from vtrain.data.transforms import build_classification_transforms
 
@@ -148,9 +148,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def corrupt_count(self) -> int:
         """Images skipped as corrupt so far, over all splits and worker processes."""
-        datasets = [self.train_set, self.val_set]
-        bases = [d.dataset if isinstance(d, Subset) else d for d in datasets if d is not None]
-        return sum(d.loader.skipped for d in bases if isinstance(d, ImageNet))
+        return corrupt_images_skipped(self.train_set, self.val_set)
 
     def teardown(self, stage: str) -> None:
         if self.skip_corrupt:

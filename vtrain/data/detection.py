@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytorch_lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from vtrain.data.coco import CocoDetection, collate_detection
 from vtrain.data.detection_transforms import (
@@ -27,7 +27,7 @@ from vtrain.data.detection_transforms import (
     IMAGENET_STD,
     build_detr_transforms,
 )
-from vtrain.data.loading import make_loader, training_set
+from vtrain.data.loading import corrupt_images_skipped, make_loader, training_set
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,7 @@ class DetectionDataModule(L.LightningDataModule):
 
     def corrupt_count(self) -> int:
         """Images skipped as corrupt so far, over both splits and all worker processes."""
-        datasets = [self.train_set, self.val_set]
-        bases = [d.dataset if isinstance(d, Subset) else d for d in datasets if d is not None]
-        return sum(d.loader.skipped for d in bases)
+        return corrupt_images_skipped(self.train_set, self.val_set)
 
     def teardown(self, stage: str) -> None:
         if self.skip_corrupt:

@@ -43,3 +43,10 @@ def make_loader(
         persistent_workers=persistent_workers,
         collate_fn=collate_fn,
     )
+
+
+def corrupt_images_skipped(*datasets: Dataset | None) -> int:
+    """Images skipped as corrupt so far by the datasets' image loaders (`ImageFileLoader.skipped`, summed
+    over worker processes); datasets without such a loader (CIFAR's in-memory arrays) count 0."""
+    bases = [d.dataset if isinstance(d, Subset) else d for d in datasets if d is not None]
+    return sum(d.loader.skipped for d in bases if hasattr(getattr(d, "loader", None), "skipped"))
