@@ -41,7 +41,7 @@ def vit_step(name: str, batch: int, device: torch.device, precision: str) -> Cal
         model = timm.create_model("vit_small_patch16_224", pretrained=False)
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
-    return _step(model, device, precision, lambda m: nn.functional.cross_entropy(m(images), labels))
+    return train_step(model, device, precision, lambda m: nn.functional.cross_entropy(m(images), labels))
 
 
 def detr_targets(batch: int, boxes_per_image: int, device: torch.device) -> list[dict]:
@@ -70,10 +70,10 @@ def detr_step(name: str, batch: int, device: torch.device, precision: str) -> Ca
         losses = criterion(m(images, mask), targets)
         return sum(losses[k] * w for k, w in criterion.weight_dict.items())
 
-    return _step(model, device, precision, loss)
+    return train_step(model, device, precision, loss)
 
 
-def _step(model: nn.Module, device: torch.device, precision: str, loss_fn) -> Callable[[], None]:
+def train_step(model: nn.Module, device: torch.device, precision: str, loss_fn) -> Callable[[], None]:
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = torch.bfloat16 if precision == "bf16" else None
@@ -136,7 +136,7 @@ def peak_memory_mib(args: argparse.Namespace, name: str) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
-def _peak_rss_kib() -> int:
+def peak_rss_kib() -> int:
     """This process's resident-set high-water mark. VmHWM belongs to the current address space, whereas
     ru_maxrss survives exec and would report the parent's peak."""
     status = Path("/proc/self/status")
@@ -149,11 +149,11 @@ def _peak_rss_kib() -> int:
 
 def child_memory(args: argparse.Namespace) -> None:
     make, _ = BENCHMARKS[args.benchmark]
-    base = _peak_rss_kib()
+    base = peak_rss_kib()
     step = make(args.child_memory, args.batch_size, torch.device("cpu"), args.precision)
     for _ in range(2):
         step()
-    print(json.dumps({"peak_mib": (_peak_rss_kib() - base) / 1024}))
+    print(json.dumps({"peak_mib": (peak_rss_kib() - base) / 1024}))
 
 
 def matcher_ms(device: torch.device, batch: int = 4, repeats: int = 50) -> tuple[float, float]:
@@ -191,11 +191,23 @@ def write_section(path: Path, title: str, body: str) -> None:
     path.write_text(text.rstrip("\n") + "\n")
 
 
+# Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
+# `write_section`, `peak_rss_kib` and `train_step` from here.
+MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "panoptic")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in MODULE_BENCHMARKS:
+        import importlib
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        module = importlib.import_module(f"bench_{sys.argv[1]}")
+        module.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument("benchmark", choices=sorted([*BENCHMARKS, *MODULE_BENCHMARKS]))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: vit 128 / 16, detr 4 / 2 (CUDA / CPU)"
