@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from vtrain.data.sampler import SeededSamples, SeededShuffleSampler
 
 
 def training_set(dataset: Dataset, subset: int | None, batch_size: int, what: str) -> Dataset:
@@ -30,14 +33,29 @@ def make_loader(
     collate_fn: Callable | None,
     owner: str,
 ) -> DataLoader:
-    """A shuffled, last-batch-dropping loader for training, a sequential complete one for evaluation."""
+    """A shuffled, last-batch-dropping loader for training, a sequential complete one for evaluation.
+
+    The training loader is resumable mid-epoch (a ``StatefulDataLoader``, whose position Lightning stores
+    in checkpoints) and draws its order and each sample's augmentations from (seed, epoch, index) only,
+    see :mod:`vtrain.data.sampler`; in DDP it shards the data itself, so Lightning leaves it as it is.
+    """
     if dataset is None:
         raise RuntimeError(f"{owner}: call setup() before asking for a dataloader")
+    if train:
+        return StatefulDataLoader(
+            SeededSamples(dataset),
+            batch_size=batch_size,
+            sampler=SeededShuffleSampler(dataset),
+            drop_last=True,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            collate_fn=collate_fn,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
-        drop_last=train,
+        shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,

@@ -1,0 +1,102 @@
+"""Exact resumption: a run SIGKILLed in the middle of an epoch and resumed with `ckpt_path=last` ends with
+the same weights, optimizer and scheduler state and evaluation metrics, bit for bit, as the run that was
+never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as L
+import torch
+
+from tests.conftest import run_cli
+from vtrain.checkpoint import load_checkpoint
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process when training is about to run optimizer step `step` (global_step == step):
+    no clean-up, no atexit, as a preempted or OOM-killed job dies."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ViT on the tiny CIFAR set with every source of randomness switched on: random crops and flips in the
+# data, dropout, drop path and Mixup / CutMix in the model and task. 2 epochs of 6 steps each; last.ckpt
+# after every step.
+RUN = [
+    "experiment=vit_cifar10_tiny",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "callbacks.model_checkpoint.save_last_every_n_steps=1",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "data.hflip=true",
+    "model.depth=2",
+    "model.drop_rate=0.1",
+    "model.drop_path_rate=0.1",
+    "+task.mixup={mixup_alpha: 0.8, cutmix_alpha: 1.0}",
+    "logger=csv",
+    "seed=3",
+]
+
+
+def _final_state(run_dir: Path) -> tuple[dict, dict]:
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return ckpt, json.loads((run_dir / "metrics.json").read_text())
+
+
+def _assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), f"weights differ at {key}"
+    for group_a, group_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for pid, state in group_a["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, group_b["state"][pid][name]), f"optimizer {name} of {pid} differs"
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, data_dir, num_workers):
+    common = [*RUN, f"data.num_workers={num_workers}", f"paths.data_dir={data_dir}"]
+    reference = tmp_path / "reference"
+    run_cli([*common, f"hydra.run.dir={reference}"], cwd=tmp_path)
+
+    interrupted = tmp_path / "interrupted"
+    killer = ["+callbacks.killer._target_=tests.test_resume.KillAtStep", "+callbacks.killer.step=9"]
+    with pytest.raises(AssertionError, match=r"failed \(-9\)"):
+        run_cli([*common, *killer, f"hydra.run.dir={interrupted}"], cwd=tmp_path)
+    assert load_checkpoint(interrupted / "checkpoints" / "last.ckpt")["global_step"] == 9  # mid epoch 2
+    assert not (interrupted / "metrics.json").exists()
+
+    run_cli([*common, "ckpt_path=last", f"hydra.run.dir={interrupted}"], cwd=tmp_path)
+
+    ref_ckpt, ref_metrics = _final_state(reference)
+    res_ckpt, res_metrics = _final_state(interrupted)
+    _assert_same_training_state(ref_ckpt, res_ckpt)
+    # Lightning does not checkpoint its running epoch means of values logged in training_step: after the
+    # resume, train/loss_epoch of the interrupted epoch averages only the batches trained since. Every
+    # other metric (validation, test, learning rate, train/acc1 from a torchmetrics object) must agree.
+    epoch_means = {"train/loss", "train/loss_epoch"}
+    assert (
+        ref_metrics.keys() == res_metrics.keys() and "val/acc1" in ref_metrics and "test/acc1" in ref_metrics
+    )
+    assert {k: v for k, v in res_metrics.items() if k not in epoch_means} == {
+        k: v for k, v in ref_metrics.items() if k not in epoch_means
+    }

@@ -1,0 +1,94 @@
+"""Training-set order and augmentation randomness that depend only on (seed, epoch, sample index).
+
+Two properties follow, and the cluster tests check both:
+
+* exact resume: a run killed in the middle of an epoch and resumed from its last checkpoint sees the same
+  batches, with the same random crops, flips and erasings, as the run that was never interrupted; the
+  loader skips the batches already trained on (torchdata's ``StatefulDataLoader``, whose position is saved
+  in every checkpoint by Lightning);
+* world-size independence: N DDP ranks together see, at every optimizer step, the same samples with the
+  same augmentations as one process with an N times larger batch.
+
+Per-worker random streams (PyTorch's default) give neither: a resumed worker restarts its stream, and
+which worker or rank draws a sample depends on the world size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+
+
+def global_seed() -> int:
+    """The seed of `seed_everything` (Lightning exports it as PL_GLOBAL_SEED, so DDP ranks and data-loader
+    workers inherit it), 0 when the run is not seeded: every rank must shuffle with the same seed."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentations in one epoch (SplitMix64 over the three numbers)."""
+    mask = (1 << 64) - 1
+    x = 0
+    for part in (seed, epoch, index):
+        x = (x ^ (part & mask)) + 0x9E3779B97F4A7C15 & mask
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & mask
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & mask
+        x ^= x >> 31
+    return x >> 1
+
+
+class SeededShuffleSampler(StatefulDistributedSampler):
+    """Shuffles with ``seed + epoch`` (as ``DistributedSampler`` does) and yields ``(index, sample_seed)``
+    pairs for :class:`SeededSamples`.
+
+    The rank and world size are read from ``torch.distributed`` when it is initialised (Lightning builds
+    the train loader after the process group exists), else this is a one-process sampler. Rank r takes
+    every world-size-th index of the permutation, so the ranks' i-th batches together are exactly the
+    i-th batch of a single process whose batch is world-size times larger.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=True,
+            seed=global_seed() if seed is None else seed,
+            drop_last=False,
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in super().__iter__():
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+class SeededSamples(Dataset):
+    """Wraps a map-style dataset so that ``dataset[(index, seed)]`` runs the wrapped ``dataset[index]``
+    (its loading and transforms) under ``torch.manual_seed(seed)``, leaving the caller's random state as it
+    was. Integer indices pass through unchanged."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        if isinstance(key, tuple):
+            index, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        return self.dataset[key]
+
+    def __getattr__(self, name: str):
+        # `loader.dataset.categories`, `.loader` and the like keep working through the wrapper
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
