@@ -206,3 +206,24 @@ def test_vit_cifar10_tiny_really_learns(make_cfg, tmp_path):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test/acc1"] > 0.6, metrics
+
+
+def test_no_secret_lands_in_the_logged_config_or_the_checkpoint(make_cfg, tmp_path, monkeypatch):
+    secret, password = "wandb-key-0123456789abcdef", "hunter2-hunter2"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    out = tmp_path / "run"
+    overrides = [
+        *TINY,
+        "logger=csv",
+        "test=false",
+        "+notes.from_env=${oc.env:WANDB_API_KEY}",  # a secret under an innocent key name
+        f"+notes.db_password={password}",
+    ]
+    run(make_cfg(overrides, output_dir=out))
+    config = load_checkpoint(out / "checkpoints" / "last.ckpt")["vtrain_config"]
+    assert config["notes"] == {"from_env": "<redacted>", "db_password": "<redacted>"}
+    for path in [*out.rglob("*.yaml"), *out.rglob("*.json"), *out.rglob("*.csv"), *out.rglob("*.ckpt")]:
+        if ".hydra" in path.parts:  # Hydra's own record of the command line, not written by vtrain
+            continue
+        data = path.read_bytes()
+        assert secret.encode() not in data and password.encode() not in data, path

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import REPO, run_cli
-from vtrain.config import config_dir
+from vtrain.config import config_dir, redact_secrets
 from vtrain.data.tiny import build_tiny
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -138,3 +138,19 @@ def test_wheel_ships_the_configs_and_an_installed_copy_finds_them(tmp_path):
         text=True,
     ).stdout.strip()
     assert found == str(site / "vtrain" / "conf")
+
+
+def test_redact_secrets_by_key_name_and_by_environment_value():
+    env = {"HF_TOKEN": "hf_abcdefghijklmnop", "HOME": "/home/me", "SHORT_TOKEN": "abc"}
+    config = {
+        "logger": {"wandb": {"api_key": "k" * 40, "project": "vtrain", "offline": True}},
+        "tags": ["run", "hf_abcdefghijklmnop"],
+        "paths": {"data_dir": "/home/me/data", "token_file": None},
+        "auth": {"password_required": False},
+    }
+    clean = redact_secrets(config, env)
+    assert clean["logger"]["wandb"] == {"api_key": "<redacted>", "project": "vtrain", "offline": True}
+    assert clean["tags"] == ["run", "<redacted>"]
+    assert clean["paths"] == {"data_dir": "/home/me/data", "token_file": None}  # HOME is no secret
+    assert clean["auth"] == {"password_required": False}
+    assert config["logger"]["wandb"]["api_key"] == "k" * 40  # the input is left alone

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vtrain.checkpoint import load_checkpoint
-from vtrain.config import config_dir, register_resolvers
+from vtrain.config import config_dir, redact_secrets, register_resolvers
 
 log = logging.getLogger("vtrain")
 
@@ -97,9 +97,12 @@ def run(cfg: DictConfig) -> float | None:
         model.compile()
     task = instantiate(cfg.task, model=model)
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    # logged and stored in every checkpoint: credentials never land there
+    config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [*_instantiate_group(cfg.get("callbacks")), SaveConfig(config)]
     loggers = _instantiate_group(cfg.get("logger"))
+    if not loggers:  # `logger=none`: Lightning's LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, L.callbacks.LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)

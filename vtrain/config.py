@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -40,3 +43,30 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("vtrain.env_unset", lambda name: not os.environ.get(name))
     if not OmegaConf.has_resolver("vtrain.coco_num_classes"):
         OmegaConf.register_new_resolver("vtrain.coco_num_classes", coco_num_classes)
+
+
+# Key names that hold credentials, and environment variables whose values must never be logged.
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact_secrets(config: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """A copy of a plain config (dicts, lists, scalars) fit for logging and for checkpoints: the value of
+    every key whose name looks like a credential (``api_key``, ``token``, ``secret``, ``password``...) and
+    every string containing the value of such an environment variable (``WANDB_API_KEY``, ``HF_TOKEN``,
+    reached through ``${oc.env:...}`` under any key name) become ``"<redacted>"``."""
+    environ = os.environ if environ is None else environ
+    secrets = [v for k, v in environ.items() if SECRET_KEY.search(k) and len(v) >= 8]
+
+    def clean(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(clean(v) for v in value)
+        if value is not None and SECRET_KEY.search(key) and not isinstance(value, bool):
+            return REDACTED
+        if isinstance(value, str) and any(secret in value for secret in secrets):
+            return REDACTED
+        return value
+
+    return clean(config)

@@ -18,14 +18,27 @@ from vtrain.models.detr.matcher import HungarianMatcher
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 
 
-def _num_boxes(targets: list[dict], device: torch.device) -> float:
-    """Target boxes per rank, averaged over ranks when distributed, and at least 1."""
-    num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-    world_size = 1
+def _normalizers(
+    targets: list[dict], num_queries: int, eos_coef: float, device: torch.device
+) -> tuple[float, float]:
+    """The loss normalizers, per rank and averaged over ranks when distributed (one all-reduce):
+
+    * the number of target boxes, at least 1 (the box losses' divisor, as in DETR);
+    * the total class weight of the B x Q predictions: 1 for each matched one (min(Q, M_b) per image) and
+      ``eos_coef`` for the others (the classification loss's divisor). On one process this is the divisor of
+      DETR's weighted-mean cross-entropy; averaged over ranks it makes the DDP gradient equal to that of one
+      process holding the whole global batch, which a per-rank weighted mean is not when ranks hold
+      different numbers of boxes.
+    """
+    boxes = float(sum(len(t["labels"]) for t in targets))
+    matched = float(sum(min(num_queries, len(t["labels"])) for t in targets))
+    weight = matched + (len(targets) * num_queries - matched) * eos_coef
+    totals = torch.tensor([boxes, weight], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_boxes)
-        world_size = dist.get_world_size()
-    return torch.clamp(num_boxes / world_size, min=1).item()
+        dist.all_reduce(totals)
+        totals /= dist.get_world_size()
+    num_boxes, class_weight = totals.tolist()
+    return max(num_boxes, 1.0), class_weight
 
 
 class SetCriterion(nn.Module):
@@ -71,10 +84,15 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     def loss_labels(
-        self, outputs: dict, targets: list[dict], indices: list[tuple[torch.Tensor, torch.Tensor]]
+        self,
+        outputs: dict,
+        targets: list[dict],
+        indices: list[tuple[torch.Tensor, torch.Tensor]],
+        class_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``loss_ce``: weighted cross-entropy over all Q predictions; ``class_error``: 100 - top-1
-        accuracy (%) of the matched predictions (100 when nothing is matched), for logging."""
+        """``loss_ce``: weighted cross-entropy over all Q predictions, divided by ``class_weight`` (default:
+        the batch's total weight, i.e. DETR's weighted mean); ``class_error``: 100 - top-1 accuracy (%) of
+        the matched predictions (100 when nothing is matched), for logging."""
         logits = outputs["pred_logits"]
         batch_idx, pred_idx = self._matched_predictions(indices)
         matched_classes = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
@@ -82,7 +100,9 @@ class SetCriterion(nn.Module):
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
         )
         target_classes[batch_idx, pred_idx] = matched_classes
-        loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
+        weights = self.empty_weight[target_classes]
+        per_prediction = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")
+        loss_ce = (per_prediction * weights).sum() / (weights.sum() if class_weight is None else class_weight)
         with torch.no_grad():
             if matched_classes.numel():
                 correct = logits[batch_idx, pred_idx].argmax(-1) == matched_classes
@@ -129,12 +149,14 @@ class SetCriterion(nn.Module):
         pred_idx = torch.cat([pred for pred, _ in indices])
         return batch_idx, pred_idx
 
-    def _losses(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
+    def _losses(
+        self, outputs: dict, targets: list[dict], num_boxes: float, class_weight: float
+    ) -> dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
         device = outputs["pred_logits"].device
         indices = [(i.to(device), j.to(device)) for i, j in indices]
         return {
-            **self.loss_labels(outputs, targets, indices),
+            **self.loss_labels(outputs, targets, indices, class_weight),
             **self.loss_boxes(outputs, targets, indices, num_boxes),
             **self.loss_cardinality(outputs, targets),
         }
@@ -160,10 +182,11 @@ class SetCriterion(nn.Module):
                 f"{self.num_aux_outputs} (dec_layers={self.num_aux_outputs + 1}); build it with the model's "
                 "dec_layers"
             )
-        num_boxes = _num_boxes(targets, outputs["pred_logits"].device)
-        losses = self._losses(outputs, targets, num_boxes)
+        logits = outputs["pred_logits"]
+        num_boxes, class_weight = _normalizers(targets, logits.shape[1], self.eos_coef, logits.device)
+        losses = self._losses(outputs, targets, num_boxes, class_weight)
         for i, aux in enumerate(aux_outputs):
-            aux_losses = self._losses(aux, targets, num_boxes)
+            aux_losses = self._losses(aux, targets, num_boxes, class_weight)
             del aux_losses["class_error"]  # logged for the last layer only
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses
