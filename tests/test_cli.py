@@ -227,3 +227,50 @@ def test_no_secret_lands_in_the_logged_config_or_the_checkpoint(make_cfg, tmp_pa
             continue
         data = path.read_bytes()
         assert secret.encode() not in data and password.encode() not in data, path
+
+
+@pytest.mark.parametrize(
+    "experiment, options",
+    [
+        ("vit_cifar10_tiny", ["trainer.precision=bf16-mixed"]),
+        ("detr_coco_tiny", ["trainer.precision=bf16-mixed", "channels_last=true"]),
+        ("vit_cifar10_tiny", ["trainer.accumulate_grad_batches=2"]),
+        pytest.param("vit_cifar10_tiny", ["compile=true"], marks=pytest.mark.slow),
+    ],
+    ids=["vit-bf16", "detr-bf16-channels-last", "vit-accumulate", "vit-compile"],
+)
+def test_precision_and_speed_options_train_on_cpu(make_cfg, tmp_path, experiment, options):
+    out = tmp_path / "run"
+    run(make_cfg([f"experiment={experiment}", *SMOKE, "test=false", *options], output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    accumulate = 2 if "trainer.accumulate_grad_batches=2" in options else 1
+    assert ckpt["global_step"] == 4 // accumulate
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_ema_weights_are_validated_and_checkpointed(make_cfg, tmp_path):
+    out = tmp_path / "ema"
+    run(
+        make_cfg(
+            [
+                *TINY,
+                "callbacks=ema",
+                "callbacks.ema.multi_avg_fn.decay=0.5",
+                "test=false",
+            ],
+            output_dir=out,
+        )
+    )
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == current.keys()
+    # the EMA (decay 0.5 over 4 steps) differs from the trained weights it follows
+    assert not torch.equal(averaged["model.head.weight"], current["model.head.weight"])
+    # evaluating the checkpoint uses the averaged weights and reproduces the run's validation
+    out_eval = tmp_path / "eval"
+    last = out / "checkpoints" / "last.ckpt"
+    run(make_cfg([*TINY, "mode=eval", f"ckpt_path={last}", "test=false"], output_dir=out_eval))
+    fit_val = json.loads((out / "metrics.json").read_text())["val/loss"]
+    assert json.loads((out_eval / "metrics.json").read_text())["val/loss"] == pytest.approx(fit_val, rel=1e-5)

@@ -93,6 +93,8 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     if cfg.get("compile"):
         model.compile()
     task = instantiate(cfg.task, model=model)
