@@ -274,3 +274,27 @@ def test_ema_weights_are_validated_and_checkpointed(make_cfg, tmp_path):
     run(make_cfg([*TINY, "mode=eval", f"ckpt_path={last}", "test=false"], output_dir=out_eval))
     fit_val = json.loads((out / "metrics.json").read_text())["val/loss"]
     assert json.loads((out_eval / "metrics.json").read_text())["val/loss"] == pytest.approx(fit_val, rel=1e-5)
+
+
+def test_requeued_slurm_job_resumes_and_continues_the_same_wandb_run(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "job"
+    common = [
+        *TINY,
+        "logger=wandb",
+        "test=false",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+    ]
+    run(make_cfg([*common, "trainer.max_epochs=1"], output_dir=out))
+    first_id = (out / "wandb_run_id").read_text().strip()
+    # SLURM restarts the preempted job with the same command line; only SLURM_RESTART_COUNT tells
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    run(make_cfg([*common, "trainer.max_epochs=2"], output_dir=out))
+    assert (
+        load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 4
+    )  # 2 + 2: resumed, not redone
+    assert (out / "wandb_run_id").read_text().strip() == first_id
+    runs = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
+    assert runs and all(name.endswith(f"-{first_id}") for name in runs), runs  # one run id, both starts

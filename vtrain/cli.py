@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import hydra
 import pytorch_lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vtrain.checkpoint import load_checkpoint
 from vtrain.config import config_dir, redact_secrets, register_resolvers
@@ -40,8 +42,19 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     ]
 
 
+def _requeued() -> bool:
+    """True in a SLURM job that was requeued (preempted or timed out, then restarted by SLURM / submitit)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
 def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
     path = cfg.get("ckpt_path")
+    if path is None and cfg.mode == "train" and _requeued():
+        log.info(
+            "requeued SLURM job (SLURM_RESTART_COUNT=%s): resuming from last.ckpt",
+            os.environ["SLURM_RESTART_COUNT"],
+        )
+        path = "last"
     if path is None:
         return None
     if str(path) == "last":
@@ -55,6 +68,28 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not Path(path).is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
     return str(path)
+
+
+def _keep_wandb_run_id(cfg: DictConfig, output_dir: Path) -> None:
+    """A W&B logger without an explicit `id` gets the one stored in the run directory (created on the first
+    start), with `resume: allow`: a resumed or requeued job continues the same W&B run."""
+    for node in (cfg.get("logger") or {}).values():
+        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).endswith("WandbLogger"):
+            continue
+        if node.get("id"):
+            continue
+        id_file = output_dir / "wandb_run_id"
+        if id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            # ranks started together by srun must not race: only the global rank 0 logs, and records it
+            if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(run_id + "\n")
+        with open_dict(node):
+            node.id = run_id
+            node.resume = "allow"
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -102,6 +137,7 @@ def run(cfg: DictConfig) -> float | None:
     # logged and stored in every checkpoint: credentials never land there
     config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [*_instantiate_group(cfg.get("callbacks")), SaveConfig(config)]
+    _keep_wandb_run_id(cfg, output_dir)
     loggers = _instantiate_group(cfg.get("logger"))
     if not loggers:  # `logger=none`: Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, L.callbacks.LearningRateMonitor)]
