@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     VTRAIN_DATA=/data
 
-RUN useradd --create-home --uid 1000 vtrain
+RUN useradd --create-home --uid 1000 --user-group vtrain
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY conf ./conf
@@ -20,6 +20,6 @@ RUN pip install --no-cache-dir . && rm -rf /src
 
 WORKDIR /workspace
 RUN chown vtrain:vtrain /workspace
-USER vtrain
+USER 1000
 VOLUME ["/data", "/workspace/outputs"]
 ENTRYPOINT ["python", "-m", "vtrain"]

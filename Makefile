@@ -42,6 +42,7 @@ test-all: install-dev
 lint: install-dev
 	$(BIN)/ruff check vtrain tests scripts
 	$(BIN)/ruff format --check vtrain tests scripts
+	$(BIN)/hadolint Dockerfile
 
 format: install-dev
 	$(BIN)/ruff format vtrain tests scripts

@@ -153,6 +153,9 @@ def test_optuna_sweep_optimises_the_monitored_metric(tmp_path, data_dir):
     }
     scores = [json.loads((sweep / str(i) / "metrics.json").read_text())["val/acc1"] for i in range(2)]
     assert results.best_value == pytest.approx(max(scores))
+    assert json.loads((sweep / "sweep_summary.json").read_text())["best"]["value"] == pytest.approx(
+        max(scores)
+    )
 
 
 def test_corrupt_images_fail_naming_the_file_or_are_skipped_and_counted(make_cfg, tmp_path):
@@ -298,3 +301,27 @@ def test_requeued_slurm_job_resumes_and_continues_the_same_wandb_run(make_cfg, t
     assert (out / "wandb_run_id").read_text().strip() == first_id
     runs = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
     assert runs and all(name.endswith(f"-{first_id}") for name in runs), runs  # one run id, both starts
+
+
+def test_grid_sweep_ranks_its_jobs_by_the_monitored_metric(tmp_path, data_dir):
+    sweep = tmp_path / "grid"
+    run_cli(
+        [
+            *TINY,
+            "hparams_search=vit_grid",
+            "hydra.sweeper.params={task.optimizer.lr:'1e-4,3e-3'}",  # 2 x 2 of the preset's 3 x 2 jobs
+            "logger=none",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    scores = {
+        str(job.parent): json.loads(job.read_text())["val/acc1"] for job in sweep.glob("*/metrics.json")
+    }
+    assert len(scores) == 4
+    assert summary["monitor"] == "val/acc1" and summary["mode"] == "max"
+    assert [job["value"] for job in summary["jobs"]] == sorted(scores.values(), reverse=True)
+    assert summary["best"]["value"] == max(scores.values()) == scores[summary["best"]["dir"]]
+    assert any(o.startswith("task.optimizer.lr=") for o in summary["best"]["overrides"])
