@@ -325,3 +325,15 @@ def test_grid_sweep_ranks_its_jobs_by_the_monitored_metric(tmp_path, data_dir):
     assert [job["value"] for job in summary["jobs"]] == sorted(scores.values(), reverse=True)
     assert summary["best"]["value"] == max(scores.values()) == scores[summary["best"]["dir"]]
     assert any(o.startswith("task.optimizer.lr=") for o in summary["best"]["overrides"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fsdp_smoke_fit_on_one_gpu(make_cfg, tmp_path):
+    out = tmp_path / "fsdp"
+    short = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+    run(
+        make_cfg(["experiment=vit_cifar10_tiny", "trainer=fsdp", "trainer.devices=1", *short], output_dir=out)
+    )
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4 and "model.head.weight" in ckpt["state_dict"]  # a full state dict

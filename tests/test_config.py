@@ -11,6 +11,7 @@ import zipfile
 
 import pytest
 import pytorch_lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -154,3 +155,19 @@ def test_redact_secrets_by_key_name_and_by_environment_value():
     assert clean["paths"] == {"data_dir": "/home/me/data", "token_file": None}  # HOME is no secret
     assert clean["auth"] == {"password_required": False}
     assert config["logger"]["wandb"]["api_key"] == "k" * 40  # the input is left alone
+
+
+def test_fsdp_preset_builds_a_sharding_strategy(make_cfg):
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    cfg = make_cfg(["experiment=vit_s16_imagenet", "trainer=fsdp"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.kwargs["sharding_strategy"].name == "FULL_SHARD"
+    policy = strategy.kwargs["auto_wrap_policy"]
+    # a ViT-S block (1.8M parameters) is an FSDP unit, its 2-D MLP layers alone (0.6M) are not
+    block = torch.nn.Sequential(
+        torch.nn.Linear(384, 1536), torch.nn.Linear(1536, 384), torch.nn.Linear(384, 384)
+    )
+    assert policy(module=block, recurse=False, nonwrapped_numel=sum(p.numel() for p in block.parameters()))
+    assert not policy(module=block[0], recurse=False, nonwrapped_numel=block[0].weight.numel())
