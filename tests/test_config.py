@@ -163,7 +163,7 @@ def test_fsdp_preset_builds_a_sharding_strategy(make_cfg):
     cfg = make_cfg(["experiment=vit_s16_imagenet", "trainer=fsdp"])
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy)
-    assert strategy.kwargs["sharding_strategy"].name == "FULL_SHARD"
+    assert strategy.sharding_strategy.name == "FULL_SHARD" and strategy._state_dict_type == "full"
     policy = strategy.kwargs["auto_wrap_policy"]
     # a ViT-S block (1.8M parameters) is an FSDP unit, its 2-D MLP layers alone (0.6M) are not
     block = torch.nn.Sequential(
