@@ -2,7 +2,7 @@
 # a non-root user, data and outputs as volumes.
 #   docker build -t vtrain .
 #   docker run --gpus all --shm-size 16g -v /datasets:/data -v $PWD/outputs:/workspace/outputs \
-#       vtrain experiment=vit_s16_imagenet
+#       vtrain experiment=detr_coco trainer=ddp
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
