@@ -309,7 +309,8 @@ def test_grid_sweep_ranks_its_jobs_by_the_monitored_metric(tmp_path, data_dir):
         [
             *TINY,
             "hparams_search=vit_grid",
-            "hydra.sweeper.params={task.optimizer.lr:'1e-4,3e-3'}",  # 2 x 2 of the preset's 3 x 2 jobs
+            # 2 x 1 of the preset's 3 x 2 jobs
+            "hydra.sweeper.params={task.optimizer.lr:'1e-4,3e-3',task.weight_decay:'0.05'}",
             "logger=none",
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={sweep}",
@@ -320,7 +321,7 @@ def test_grid_sweep_ranks_its_jobs_by_the_monitored_metric(tmp_path, data_dir):
     scores = {
         str(job.parent): json.loads(job.read_text())["val/acc1"] for job in sweep.glob("*/metrics.json")
     }
-    assert len(scores) == 4
+    assert len(scores) == 2
     assert summary["monitor"] == "val/acc1" and summary["mode"] == "max"
     assert [job["value"] for job in summary["jobs"]] == sorted(scores.values(), reverse=True)
     assert summary["best"]["value"] == max(scores.values()) == scores[summary["best"]["dir"]]
