@@ -52,12 +52,22 @@ class SeededShuffleSampler(StatefulDistributedSampler):
     i-th batch of a single process whose batch is world-size times larger.
     """
 
-    def __init__(self, dataset: Dataset, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
         super().__init__(
             dataset,
-            num_replicas=dist.get_world_size() if distributed else 1,
-            rank=dist.get_rank() if distributed else 0,
+            num_replicas=num_replicas,
+            rank=rank,
             shuffle=True,
             seed=global_seed() if seed is None else seed,
             drop_last=False,
@@ -70,8 +80,8 @@ class SeededShuffleSampler(StatefulDistributedSampler):
 
 class SeededSamples(Dataset):
     """Wraps a map-style dataset so that ``dataset[(index, seed)]`` runs the wrapped ``dataset[index]``
-    (its loading and transforms) under ``torch.manual_seed(seed)``, leaving the caller's random state as it
-    was. Integer indices pass through unchanged."""
+    (its loading and transforms, which draw from torch's CPU generator) with that generator seeded by
+    ``seed``, leaving the caller's random state as it was. Integer indices pass through unchanged."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -83,7 +93,9 @@ class SeededSamples(Dataset):
         if isinstance(key, tuple):
             index, seed = key
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # the CPU generator only: torch.manual_seed would also reseed CUDA's, which the training
+                # step uses (dropout) when the loader runs in the main process
+                torch.default_generator.manual_seed(seed)
                 return self.dataset[index]
         return self.dataset[key]
 
