@@ -48,10 +48,11 @@ format: install-dev
 	$(BIN)/ruff format vtrain tests scripts
 	$(BIN)/ruff check --fix vtrain tests scripts
 
-## Speed and memory: ViT-S/16 against timm, DETR R50 and its matcher; writes docs/benchmarks.md.
+## Speed and memory (ViT vs timm, DETR, lambda layers vs attention, ...); writes docs/benchmarks.md.
 bench: install-dev
 	$(PY) scripts/bench.py vit --output docs/benchmarks.md
 	$(PY) scripts/bench.py detr --output docs/benchmarks.md
+	$(PY) scripts/bench.py lambda --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -6,9 +6,9 @@ import os
 
 from torch import nn
 
-from vtrain.models import detr, vit
+from vtrain.models import detr, lambda_resnet, vit
 
-FAMILIES = (vit, detr)
+FAMILIES = (vit, detr, lambda_resnet)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
