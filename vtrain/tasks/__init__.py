@@ -3,5 +3,10 @@ optimizer / scheduler factories from the config; the networks never import Light
 
 from vtrain.tasks.classification import ClassificationTask
 from vtrain.tasks.detection import DetectionTask
+from vtrain.tasks.super_resolution import SuperResolutionTask
 
-__all__ = ["ClassificationTask", "DetectionTask"]
+__all__ = [
+    "ClassificationTask",
+    "DetectionTask",
+    "SuperResolutionTask",
+]

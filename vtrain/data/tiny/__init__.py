@@ -21,6 +21,9 @@ its target that is then renamed into place, so concurrent builds (DDP ranks, par
                    as COCO's): 1 cat (Chelsea's face), 3 astronaut, 7 digit (a scikit-learn digit on a
                    yellow card), 10 coffee cup. Every eighth image also has a row of small digit cards
                    annotated as one iscrowd = 1 region with an RLE mask; the last train image has no object.
+    cufed_tiny     <root>/train/{input,ref}/*.png (84 HR 96 x 96 crops of 7 real photos, each with a reference
+                   cut from the same photo) and <root>/test/CUFED5/NNN_{0..5}.png (6 HR images of 3 other
+                   photos, references 1-4 of decreasing similarity, 5 from another photo). See tiny/cufed.py.
 
 Command line: ``python -m vtrain.data.tiny --root DIR [names...]`` builds each set into ``DIR/<name>``.
 """
@@ -41,6 +44,7 @@ from vtrain.data.tiny.classification import (
     build_imagenet_tiny,
 )
 from vtrain.data.tiny.coco import COCO_TINY_CATEGORIES, build_coco_tiny
+from vtrain.data.tiny.cufed import build_cufed_tiny
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ TINY_SETS: dict[str, TinySet] = {
     "cifar100_tiny": TinySet(build_cifar100_tiny, "cifar-100-python"),
     "imagenet_tiny": TinySet(build_imagenet_tiny, ""),
     "coco_tiny": TinySet(build_coco_tiny, ""),
+    "cufed_tiny": TinySet(build_cufed_tiny, ""),
 }
 
 
