@@ -6,9 +6,9 @@ import os
 
 from torch import nn
 
-from vtrain.models import detr, lambda_resnet, ttsr, vit
+from vtrain.models import detr, igpt, lambda_resnet, ttsr, vit
 
-FAMILIES = (vit, detr, lambda_resnet, ttsr)
+FAMILIES = (vit, detr, lambda_resnet, ttsr, igpt)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
