@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
@@ -22,6 +24,7 @@ def test_write_section_replaces_its_own_section_only(tmp_path):
     assert doc.read_text() == "# Benchmarks\n\n## A\n\nsecond a\n\n## B\n\nfirst b\n"
 
 
+@pytest.mark.slow
 def test_vit_benchmark_runs_and_writes_its_table(tmp_path):
     doc = tmp_path / "benchmarks.md"
     cmd = [

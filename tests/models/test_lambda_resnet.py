@@ -244,6 +244,7 @@ def test_smoke_run_of_the_lambda_tiny_experiment(make_cfg, tmp_path):
     assert {"train/loss_epoch", "val/acc1", "test/acc1"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_benchmark_writes_its_section(tmp_path):
     doc = tmp_path / "benchmarks.md"
     args = ["--sizes", "14", "--steps", "1", "--warmup", "0", "--skip-resnets", "--device", "cpu"]
