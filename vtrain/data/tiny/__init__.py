@@ -24,6 +24,10 @@ its target that is then renamed into place, so concurrent builds (DDP ranks, par
     cufed_tiny     <root>/train/{input,ref}/*.png (84 HR 96 x 96 crops of 7 real photos, each with a reference
                    cut from the same photo) and <root>/test/CUFED5/NNN_{0..5}.png (6 HR images of 3 other
                    photos, references 1-4 of decreasing similarity, 5 from another photo). See tiny/cufed.py.
+    coco_panoptic_tiny <root>/annotations/panoptic_{train,val}2017.json + PNG folders,
+                   instances_{train,val}2017.json, {train,val}2017/*.jpg: the 48 + 16 coco_tiny scenes, each
+                   on two stuff regions (grass, gravel, brick wall, building), exact thing masks
+                   (tiny/coco_panoptic.py).
 
 Command line: ``python -m vtrain.data.tiny --root DIR [names...]`` builds each set into ``DIR/<name>``.
 """
@@ -44,6 +48,7 @@ from vtrain.data.tiny.classification import (
     build_imagenet_tiny,
 )
 from vtrain.data.tiny.coco import COCO_TINY_CATEGORIES, build_coco_tiny
+from vtrain.data.tiny.coco_panoptic import build_coco_panoptic_tiny
 from vtrain.data.tiny.cufed import build_cufed_tiny
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,7 @@ TINY_SETS: dict[str, TinySet] = {
     "imagenet_tiny": TinySet(build_imagenet_tiny, ""),
     "coco_tiny": TinySet(build_coco_tiny, ""),
     "cufed_tiny": TinySet(build_cufed_tiny, ""),
+    "coco_panoptic_tiny": TinySet(build_coco_panoptic_tiny, ""),
 }
 
 

@@ -16,22 +16,36 @@ from vtrain.models.detr.model import (
     detr_r101_dc5,
     detr_tiny,
 )
+from vtrain.models.detr.panoptic_postprocess import PostProcessPanoptic
 from vtrain.models.detr.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from vtrain.models.detr.postprocess import PostProcess
+from vtrain.models.detr.segmentation import (
+    PANOPTIC_PRESETS,
+    DETRPanoptic,
+    MaskHeadSmallConv,
+    MHAttentionMap,
+    PanopticSetCriterion,
+)
 from vtrain.models.detr.transformer import Transformer
 
 load_pretrained = load_detr_checkpoint
+PRESETS = {**PRESETS, **PANOPTIC_PRESETS}
 
 __all__ = [
     "DETR",
+    "DETRPanoptic",
+    "MHAttentionMap",
     "MLP",
     "PRESETS",
     "Backbone",
     "BackboneWithPositionEncoding",
     "HungarianMatcher",
+    "MaskHeadSmallConv",
+    "PanopticSetCriterion",
     "PositionEmbeddingLearned",
     "PositionEmbeddingSine",
     "PostProcess",
+    "PostProcessPanoptic",
     "SetCriterion",
     "Transformer",
     "detr_r101",

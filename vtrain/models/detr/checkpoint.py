@@ -23,6 +23,9 @@ def load_detr_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool
 
     Formats: an official DETR checkpoint (``{"model": state_dict}``, e.g. ``detr-r50-e632da11.pth``), a bare
     state dict with the same keys, or a vtrain Lightning checkpoint (``state_dict`` with ``model.`` keys).
+    A :class:`~vtrain.models.detr.DETRPanoptic` takes an official panoptic checkpoint (``detr.*``,
+    ``bbox_attention.*``, ``mask_head.*``; e.g. ``detr-r50-panoptic-00ce5173.pth``) or, for training the mask
+    head on top of it, a detection one, loaded into its ``detr`` part.
 
     Args:
         model: the DETR to fill.
@@ -40,13 +43,21 @@ def load_detr_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool
     """
     path = Path(path)
     state_dict = dict(read_state_dict(path))
+    panoptic = isinstance(getattr(model, "detr", None), nn.Module)  # DETRPanoptic: its DETR under `detr.`
+    if panoptic and not any(key.startswith("detr.") for key in state_dict):
+        logger.warning(
+            "%s: a detection checkpoint; loading the DETR part, the mask head stays as it is", path
+        )
+        load_detr_checkpoint(model.detr, path, strict)
+        return model
+    class_head = tuple(("detr." if panoptic else "") + key for key in CLASS_HEAD)
     expected = model.state_dict()
     allowed_missing: frozenset[str] = frozenset()
-    found, wanted = state_dict.get(CLASS_HEAD[0]), expected.get(CLASS_HEAD[0])
+    found, wanted = state_dict.get(class_head[0]), expected.get(class_head[0])
     if found is not None and wanted is not None and found.shape != wanted.shape:
-        for key in CLASS_HEAD:
+        for key in class_head:
             state_dict.pop(key, None)
-        allowed_missing = frozenset(CLASS_HEAD)
+        allowed_missing = frozenset(class_head)
         logger.warning(
             "%s: class head class_embed.weight is %s in the checkpoint but %s in the model; keeping the "
             "model's initial class head",

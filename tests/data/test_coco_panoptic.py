@@ -1,0 +1,120 @@
+"""COCO panoptic loading: the real sample (segment masks from the PNG ids, crowd flags, 133 categories),
+the tiny COCO-panoptic-format set, the masks following DETR's augmentation, and the data module's batches."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import masks_to_boxes
+
+from vtrain.data.coco_panoptic import CocoPanoptic, PanopticDataModule
+from vtrain.data.detection_transforms import build_detr_transforms
+from vtrain.metrics.panoptic import pq_compute
+
+
+def test_real_sample_loads_every_segment_as_a_mask(shared):
+    root = shared("coco_panoptic")
+    dataset = CocoPanoptic(root, "val", train=False)
+    content = json.loads((root / "annotations" / "panoptic_val2017.json").read_text())
+    assert len(dataset) == 2 and len(dataset.categories) == 133 and sum(dataset.isthing.values()) == 80
+    assert dataset.num_classes == 201 and dataset.category_names[1] == "person"
+    for annotation in content["annotations"]:
+        index = dataset.ids.index(annotation["image_id"])
+        image, target = dataset[index]
+        segments = annotation["segments_info"]
+        assert target["masks"].shape == (len(segments), image.height, image.width)
+        assert target["labels"].tolist() == [s["category_id"] for s in segments]
+        assert target["iscrowd"].tolist() == [s["iscrowd"] for s in segments]
+        assert target["area"].tolist() == [s["area"] for s in segments]  # the PNG's pixel counts
+        assert target["masks"].sum(0).max() == 1  # segments do not overlap
+        boxes = masks_to_boxes(target["masks"])  # inclusive max pixel; the JSON's w, h count pixels
+        boxes[:, 2:] += 1
+        torch.testing.assert_close(boxes, target["boxes"].as_subclass(torch.Tensor))
+    train = CocoPanoptic(root, "val", train=True)
+    _, target = train[0]
+    assert not target["iscrowd"].any() and len(target["labels"]) < len(dataset[0][1]["labels"]) + 1
+
+
+def test_masks_follow_the_eval_resize_and_the_train_augmentation(shared):
+    root = shared("coco_panoptic")
+    dataset = CocoPanoptic(
+        root, "val", transform=build_detr_transforms(train=False, eval_size=128, max_size=400)
+    )
+    image, target = dataset[0]
+    assert image.shape[-2:] == target["masks"].shape[-2:] == tuple(target["size"].tolist())
+    assert target["boxes"].max() <= 1
+    torch.manual_seed(0)
+    augmented = CocoPanoptic(
+        root,
+        "val",
+        transform=build_detr_transforms(
+            train=True, scales=[96], max_size=200, pre_crop_scales=[128], crop_min=64, crop_max=96
+        ),
+    )
+    for _ in range(6):
+        image, target = augmented[1]
+        n = len(target["labels"])
+        assert target["masks"].shape == (n, *image.shape[-2:]) and target["boxes"].shape == (n, 4)
+        assert target["masks"].flatten(1).any(1).all()  # the cut-away segments went with their boxes
+
+
+def test_tiny_panoptic_set_is_exact_and_its_ground_truth_scores_100(tiny):
+    root = tiny("coco_panoptic_tiny")
+    for split, count in (("train", 48), ("val", 16)):
+        dataset = CocoPanoptic(root, split, train=False)
+        assert len(dataset) == count
+        gt = root / "annotations" / f"panoptic_{split}2017.json"
+        assert pq_compute(gt, gt)["PQ"] == pytest.approx(100)
+    assert {n for c, n in dataset.categories.items() if not dataset.isthing[c]} == {
+        "grass",
+        "gravel",
+        "wall-brick",
+        "building",
+    }
+    crowded = 0
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        masks = target["masks"]
+        assert masks.sum(0).min() == 1 == masks.sum(0).max()  # no void: every pixel in one segment
+        stuff = [not dataset.isthing[int(c)] for c in target["labels"]]
+        assert sum(stuff) == 2
+        crowded += int(target["iscrowd"].any())
+        things = masks[~torch.tensor(stuff) & (target["iscrowd"] == 0)]
+        boxes = masks_to_boxes(things)
+        areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+        assert torch.equal(areas, things.flatten(1).sum(1).float())  # pasted things are exact rectangles
+        pixels = np.asarray(image, dtype=np.float32)
+        assert pixels.std() > 10
+    assert crowded == 2
+    instances = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    assert {c["id"] for c in instances["categories"]} == {1, 3, 7, 10}
+
+
+def test_datamodule_batches_masks_with_the_images(tiny, data_dir):
+    module = PanopticDataModule(
+        root=str(data_dir / "coco_panoptic_tiny"),
+        tiny="coco_panoptic_tiny",
+        scales=[96, 112],
+        max_size=200,
+        pre_crop_scales=[96],
+        crop_min=64,
+        crop_max=96,
+        eval_size=112,
+        batch_size=4,
+        num_workers=0,
+        persistent_workers=False,
+    )
+    module.prepare_data()
+    module.setup("fit")
+    assert module.num_classes == 18 and module.val_panoptic_file.is_file()
+    assert module.val_annotation_file.is_file()
+    images, mask, targets = next(iter(module.train_dataloader()))
+    assert images.shape[0] == 4 and mask.shape == (4, *images.shape[-2:])
+    for target, image_mask in zip(targets, mask, strict=True):
+        h, w = target["size"].tolist()
+        assert target["masks"].shape == (len(target["labels"]), h, w)
+        assert not image_mask[:h, :w].any()
+    module = PanopticDataModule(root=str(data_dir / "coco_panoptic_tiny"), num_classes=5)
+    with pytest.raises(ValueError, match="largest category id is 17"):
+        module.setup("validate")
