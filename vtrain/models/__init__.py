@@ -6,9 +6,9 @@ import os
 
 from torch import nn
 
-from vtrain.models import detr, igpt, lambda_resnet, ttsr, vit
+from vtrain.models import detr, fpt, igpt, lambda_resnet, ttsr, vit
 
-FAMILIES = (vit, detr, lambda_resnet, ttsr, igpt)
+FAMILIES = (vit, detr, ttsr, igpt, lambda_resnet, fpt)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

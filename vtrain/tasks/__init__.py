@@ -4,13 +4,17 @@ optimizer / scheduler factories from the config; the networks never import Light
 from vtrain.tasks.classification import ClassificationTask
 from vtrain.tasks.detection import DetectionTask
 from vtrain.tasks.generative import GenerativePretrainingTask
+from vtrain.tasks.instance import InstanceSegmentationTask
 from vtrain.tasks.panoptic import PanopticTask
+from vtrain.tasks.segmentation import SegmentationTask
 from vtrain.tasks.super_resolution import SuperResolutionTask
 
 __all__ = [
     "ClassificationTask",
     "DetectionTask",
     "GenerativePretrainingTask",
+    "InstanceSegmentationTask",
     "PanopticTask",
+    "SegmentationTask",
     "SuperResolutionTask",
 ]

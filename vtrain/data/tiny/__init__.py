@@ -24,6 +24,8 @@ its target that is then renamed into place, so concurrent builds (DDP ranks, par
     cufed_tiny     <root>/train/{input,ref}/*.png (84 HR 96 x 96 crops of 7 real photos, each with a reference
                    cut from the same photo) and <root>/test/CUFED5/NNN_{0..5}.png (6 HR images of 3 other
                    photos, references 1-4 of decreasing similarity, 5 from another photo). See tiny/cufed.py.
+    cityscapes_tiny <root>/{leftImg8bit,gtFine}/{train,val}/<city>/: the Cityscapes layout, 40 + 12
+                   street-like 128 x 256 scenes of real photo regions, exact label ids (tiny/cityscapes.py).
     coco_panoptic_tiny <root>/annotations/panoptic_{train,val}2017.json + PNG folders,
                    instances_{train,val}2017.json, {train,val}2017/*.jpg: the 48 + 16 coco_tiny scenes, each
                    on two stuff regions (grass, gravel, brick wall, building), exact thing masks
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vtrain.data.tiny.cityscapes import build_cityscapes_tiny
 from vtrain.data.tiny.classification import (
     IMAGENET_TINY_PHOTOS,
     build_cifar10_tiny,
@@ -72,6 +75,7 @@ TINY_SETS: dict[str, TinySet] = {
     "coco_tiny": TinySet(build_coco_tiny, ""),
     "cufed_tiny": TinySet(build_cufed_tiny, ""),
     "coco_panoptic_tiny": TinySet(build_coco_panoptic_tiny, ""),
+    "cityscapes_tiny": TinySet(build_cityscapes_tiny, ""),
 }
 
 
