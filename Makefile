@@ -53,6 +53,9 @@ bench: install-dev
 	$(PY) scripts/bench.py vit --output docs/benchmarks.md
 	$(PY) scripts/bench.py detr --output docs/benchmarks.md
 	$(PY) scripts/bench.py lambda --output docs/benchmarks.md
+	$(PY) scripts/bench.py igpt --output docs/benchmarks.md
+	$(PY) scripts/bench.py ttsr --output docs/benchmarks.md
+	$(PY) scripts/bench.py fpt --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
