@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD
-from vtrain.data.loading import make_loader, training_set
+from vtrain.data.loading import LoaderMixin, training_set
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class SegmentationTransform:
         return image, labels.contiguous()
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(LoaderMixin, L.LightningDataModule):
     """Train / val / test loaders of a Cityscapes-layout set; test uses the val split.
 
     Args:
@@ -226,18 +226,6 @@ class SegmentationDataModule(L.LightningDataModule):
             train_set = CityscapesSegmentation(self.root, self.train_split, self.train_transform)
             what = f"Cityscapes {self.train_split} under {self.root}"
             self.train_set = training_set(train_set, self.train_subset, self.batch_size, what)
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size,
-            train,
-            self.num_workers,
-            self.pin_memory,
-            self.persistent_workers,
-            None,
-            "SegmentationDataModule",
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
-from vtrain.data.loading import corrupt_images_skipped, make_loader, training_set
+from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
 from vtrain.data.tiny import build_tiny
 from vtrain.data.transforms import build_classification_transforms
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 DATASETS = ("cifar10", "cifar100", "imagenet")
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
     """Train / val / test loaders for ``dataset``; test uses the val split.
 
     Args:
@@ -74,6 +74,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_split = val_split
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        self.collate = collate_skip_corrupt if skip_corrupt else None
         self.num_workers, self.skip_corrupt, self.train_subset = num_workers, skip_corrupt, train_subset
         # Pinning needs a GPU; without one torch warns on every loader.
         self.pin_memory = pin_memory and torch.cuda.is_available()
@@ -124,18 +125,6 @@ class ClassificationDataModule(L.LightningDataModule):
             train_set, self.train_subset, self.batch_size, f"{self.dataset} under {self.root}"
         )
         self.train_set = train_set
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size,
-            train,
-            self.num_workers,
-            self.pin_memory,
-            self.persistent_workers,
-            collate_skip_corrupt if self.skip_corrupt else None,
-            "ClassificationDataModule",
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

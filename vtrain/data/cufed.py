@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from vtrain.data.images import ImageFileLoader
-from vtrain.data.loading import make_loader, training_set
+from vtrain.data.loading import LoaderMixin, training_set
 from vtrain.data.tiny import build_tiny
 
 SCALE = 4
@@ -208,7 +208,7 @@ class CUFED5(Dataset):
         return {**hr_sample(hr, ref), "name": self.inputs[index].stem, "ref_level": self.ref_level}
 
 
-class SuperResolutionDataModule(L.LightningDataModule):
+class SuperResolutionDataModule(LoaderMixin, L.LightningDataModule):
     """CUFED training pairs, CUFED5 validation (one reference level) and test (one loader per level).
 
     Args:
@@ -271,18 +271,6 @@ class SuperResolutionDataModule(L.LightningDataModule):
             self.train_set = training_set(
                 train_set, self.train_subset, self.batch_size, f"CUFED under {self.train_dir}"
             )
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size,
-            train,
-            self.num_workers,
-            self.pin_memory,
-            self.persistent_workers,
-            None,
-            "SuperResolutionDataModule",
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

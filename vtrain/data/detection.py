@@ -27,13 +27,13 @@ from vtrain.data.detection_transforms import (
     IMAGENET_STD,
     build_detr_transforms,
 )
-from vtrain.data.loading import corrupt_images_skipped, make_loader, training_set
+from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(LoaderMixin, L.LightningDataModule):
     """Train / val / test loaders for the COCO-format set under ``root``; test uses the val split.
 
     Args:
@@ -143,18 +143,6 @@ class DetectionDataModule(L.LightningDataModule):
             train_set, self.train_subset, self.batch_size, f"COCO {self.train_split} under {self.root}"
         )
         self.train_set = train_set
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size,
-            train,
-            self.num_workers,
-            self.pin_memory,
-            self.persistent_workers,
-            self.collate,
-            "DetectionDataModule",
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -63,6 +63,28 @@ def make_loader(
     )
 
 
+class LoaderMixin:
+    """``_loader(dataset, batch_size, train)`` for a DataModule: :func:`make_loader` with the module's
+    ``num_workers``, ``pin_memory``, ``persistent_workers`` and ``collate`` (None: PyTorch's default)."""
+
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    collate: Callable | None = None
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
+        return make_loader(
+            dataset,
+            batch_size,
+            train,
+            self.num_workers,
+            self.pin_memory,
+            self.persistent_workers,
+            self.collate,
+            type(self).__name__,
+        )
+
+
 def corrupt_images_skipped(*datasets: Dataset | None) -> int:
     """Images skipped as corrupt so far by the datasets' image loaders (`ImageFileLoader.skipped`, summed
     over worker processes); datasets without such a loader (CIFAR's in-memory arrays) count 0."""

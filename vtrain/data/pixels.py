@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode, v2
 from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
-from vtrain.data.loading import corrupt_images_skipped, make_loader, training_set
+from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
 from vtrain.data.palette import Palette, fit_palette, to_unit_range
 from vtrain.data.tiny import build_tiny
 
@@ -72,7 +72,7 @@ class PixelSequences(Dataset):
         return self.palette.quantize_images(self.transform(image).as_subclass(torch.Tensor)), label
 
 
-class PixelDataModule(L.LightningDataModule):
+class PixelDataModule(LoaderMixin, L.LightningDataModule):
     """Palette-index sequences of CIFAR-10 / CIFAR-100 / ImageNet images; test uses the val split.
 
     Args:
@@ -127,6 +127,7 @@ class PixelDataModule(L.LightningDataModule):
         self.hflip, self.tiny, self.train_subset = hflip, tiny, train_subset
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        self.collate = collate_skip_corrupt if skip_corrupt else None
         self.num_workers, self.skip_corrupt = num_workers, skip_corrupt
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -207,18 +208,6 @@ class PixelDataModule(L.LightningDataModule):
             self.train_set = training_set(
                 train, self.train_subset, self.batch_size, f"{self.dataset} under {self.root}"
             )
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size,
-            train,
-            self.num_workers,
-            self.pin_memory,
-            self.persistent_workers,
-            collate_skip_corrupt if self.skip_corrupt else None,
-            "PixelDataModule",
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
