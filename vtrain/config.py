@@ -38,11 +38,17 @@ def coco_num_classes(annotation_file: str) -> int:
 
 def register_resolvers() -> None:
     """Resolvers used in conf/: `${vtrain.env_unset:NAME}` is true when the environment variable is unset;
-    `${vtrain.coco_num_classes:FILE}` is a COCO file's largest category id + 1."""
+    `${vtrain.coco_num_classes:FILE}` is a COCO file's largest category id + 1; `${vtrain.run_stamp:}` names
+    a run directory after its SLURM job, or its start time (`vtrain.runs.run_stamp`)."""
     if not OmegaConf.has_resolver("vtrain.env_unset"):
         OmegaConf.register_new_resolver("vtrain.env_unset", lambda name: not os.environ.get(name))
     if not OmegaConf.has_resolver("vtrain.coco_num_classes"):
         OmegaConf.register_new_resolver("vtrain.coco_num_classes", coco_num_classes)
+    if not OmegaConf.has_resolver("vtrain.run_stamp"):
+        from vtrain.runs import run_stamp
+
+        # evaluated once per process: Hydra resolves the run directory once, at start
+        OmegaConf.register_new_resolver("vtrain.run_stamp", run_stamp, use_cache=True)
 
 
 # Key names that hold credentials, and environment variables whose values must never be logged.

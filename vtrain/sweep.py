@@ -15,9 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("vtrain")
 
 
-def summarize_sweep(sweep_dir: Path, monitor: str, mode: str) -> dict[str, Any]:
+def selection_problem(monitor: str, holdout: Any) -> str | None:
+    """Why ranking a sweep by `monitor` would select on the split that the results report, or None."""
+    if not monitor.startswith("val/"):
+        return f"monitor={monitor} is not a validation metric: the sweep would be ranked on the test split"
+    if not holdout:
+        return (
+            "data.holdout is not set, so the validation split is the official evaluation split that the "
+            "results report: set data.holdout=FRACTION to rank the jobs on held-out training data"
+        )
+    return None
+
+
+def summarize_sweep(sweep_dir: Path, monitor: str, mode: str, holdout: Any = None) -> dict[str, Any]:
     """Read `metrics.json` and `.hydra/overrides.yaml` of each job directory under `sweep_dir` and rank the
-    jobs by `monitor` (`mode` "max" or "min"); jobs that failed or lack the metric are listed last."""
+    jobs by `monitor` (`mode` "max" or "min"), a validation metric; jobs that failed or lack the metric are
+    listed last. `holdout` is the jobs' `data.holdout`: the summary says when the ranking split is the
+    reported one."""
     if mode not in ("max", "min"):
         raise ValueError(f"monitor_mode must be 'max' or 'min', got {mode!r}")
     jobs = []
@@ -31,7 +45,11 @@ def summarize_sweep(sweep_dir: Path, monitor: str, mode: str) -> dict[str, Any]:
     sign = -1.0 if mode == "max" else 1.0
     jobs.sort(key=lambda j: (j["value"] is None, sign * (j["value"] or 0.0)))
     best = jobs[0] if jobs and jobs[0]["value"] is not None else None
-    return {"monitor": monitor, "mode": mode, "best": best, "jobs": jobs}
+    summary = {"monitor": monitor, "mode": mode, "best": best, "jobs": jobs}
+    problem = selection_problem(monitor, holdout)
+    if problem:
+        summary["warning"] = problem
+    return summary
 
 
 class SweepSummary(Callback):
@@ -42,7 +60,10 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        summary = summarize_sweep(sweep_dir, config.monitor, config.monitor_mode)
+        holdout = config.get("data", {}).get("holdout")
+        summary = summarize_sweep(sweep_dir, config.monitor, config.monitor_mode, holdout)
+        if "warning" in summary:
+            log.warning("sweep %s: %s", sweep_dir, summary["warning"])
         (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
         best = summary["best"]
         if best is None:

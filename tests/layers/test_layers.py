@@ -4,6 +4,7 @@ import pytest
 import timm.layers
 import torch
 
+from tests.numerics import assert_close_to_scale
 from vtrain.layers import Attention, DropPath, Mlp, drop_path, resample_abs_pos_embed
 
 
@@ -47,15 +48,11 @@ def test_attention_equals_manual_softmax_attention():
     layer = Attention(32, num_heads=4, attn_drop=0.3, proj_drop=0.3).eval()
     torch.nn.init.normal_(layer.qkv.bias)
     x = torch.randn(2, 7, 32)
-    torch.testing.assert_close(layer(x), _reference_attention(layer, x), atol=1e-5, rtol=0)
+    assert_close_to_scale(layer(x), _reference_attention(layer, x), 1e-5)
 
     causal = torch.ones(7, 7, dtype=torch.bool).tril()
-    torch.testing.assert_close(
-        layer(x, is_causal=True), _reference_attention(layer, x, causal), atol=1e-5, rtol=0
-    )
-    torch.testing.assert_close(
-        layer(x, attn_mask=causal), _reference_attention(layer, x, causal), atol=1e-5, rtol=0
-    )
+    assert_close_to_scale(layer(x, is_causal=True), _reference_attention(layer, x, causal), 1e-5)
+    assert_close_to_scale(layer(x, attn_mask=causal), _reference_attention(layer, x, causal), 1e-5)
 
 
 def test_attention_state_dict_and_output_match_timm():
@@ -64,7 +61,7 @@ def test_attention_state_dict_and_output_match_timm():
     theirs = timm.layers.Attention(48, num_heads=6, qkv_bias=True).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(3, 5, 48)
-    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
+    assert_close_to_scale(ours(x), theirs(x), 1e-6)
 
 
 def test_attention_rejects_indivisible_width():
@@ -79,7 +76,7 @@ def test_mlp_uses_exact_gelu_and_dropout_only_in_training():
     hidden = x @ mlp.fc1.weight.T + mlp.fc1.bias
     hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))  # erf GELU, not the tanh approximation
     expected = hidden @ mlp.fc2.weight.T + mlp.fc2.bias
-    torch.testing.assert_close(mlp(x), expected, atol=1e-5, rtol=0)
+    assert_close_to_scale(mlp(x), expected, 1e-5)
     assert not torch.allclose(mlp.train()(x), expected)
 
 
@@ -111,7 +108,7 @@ def test_resample_abs_pos_embed_equals_timm(old_grid, new_grid, num_prefix_token
         interpolation=mode,
     )
     assert ours.shape == (1, num_prefix_tokens + new_grid[0] * new_grid[1], 16)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert_close_to_scale(ours, theirs, 1e-6)
     assert torch.equal(ours[:, :num_prefix_tokens], pos_embed[:, :num_prefix_tokens])
 
 

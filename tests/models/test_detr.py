@@ -9,6 +9,7 @@ import torchvision
 import transformers
 from torchvision.ops import box_convert, generalized_box_iou
 
+from tests.numerics import assert_close_to_scale
 from vtrain.models import create_model, list_models
 from vtrain.models.detr import (
     DETR,
@@ -131,7 +132,7 @@ def test_backbone_loads_torchvision_weights_and_matches_resnet(tmp_path):
     with torch.no_grad():
         features, feature_mask = backbone(images, mask)
         trunk = torch.nn.Sequential(*list(reference.children())[:-2])
-        torch.testing.assert_close(features, trunk(images), atol=1e-5, rtol=0)
+        assert_close_to_scale(features, trunk(images), 1e-5)
     assert features.shape == (2, 512, 3, 4)
     # nearest downsampling of the padding mask: image 1 covers the first 2 x 2 cells
     assert not feature_mask[0].any() and feature_mask[1].sum() == 12 - 4 and not feature_mask[1, :2, :2].any()
@@ -187,7 +188,7 @@ def test_trainable_batchnorm_backbone_trains_every_stage_and_loads_torchvision_w
     images, mask = pad_images([torch.randn(3, 64, 64)])
     with torch.no_grad():
         trunk = torch.nn.Sequential(*list(reference.children())[:-2])
-        torch.testing.assert_close(loaded(images, mask)[0], trunk(images), atol=1e-5, rtol=0)
+        assert_close_to_scale(loaded(images, mask)[0], trunk(images), 1e-5)
 
 
 def test_sine_encoding_ignores_padding():
@@ -197,7 +198,7 @@ def test_sine_encoding_ignores_padding():
     mask[0, :4, :5] = False
     padded = encode(mask)
     # the image's cells are encoded as without padding: normalization is by the image's own extent
-    torch.testing.assert_close(padded[..., :4, :5], alone, atol=1e-6, rtol=0)
+    assert_close_to_scale(padded[..., :4, :5], alone, 1e-6)
     unmasked = encode(torch.zeros(1, 7, 9, dtype=torch.bool))
     assert (unmasked[..., :4, :5] - alone).abs().max() > 0.1
     assert PositionEmbeddingSine(normalize=False)(mask)[0, 1, 2, 3].item() == pytest.approx(math.cos(3.0))
@@ -298,20 +299,20 @@ def test_matches_transformers_detr(overrides, hf_overrides):
     assert expected.logits.std() > 0.1, (
         "reference logits are nearly constant; the comparison would prove nothing"
     )
-    torch.testing.assert_close(actual["pred_logits"], expected.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(actual["pred_boxes"], expected.pred_boxes, atol=1e-5, rtol=0)
+    assert_close_to_scale(actual["pred_logits"], expected.logits, 1e-5)
+    assert_close_to_scale(actual["pred_boxes"], expected.pred_boxes, 1e-5)
     assert len(actual["aux_outputs"]) == len(expected.auxiliary_outputs) == SMALL["dec_layers"] - 1
     for mine, hf in zip(actual["aux_outputs"], expected.auxiliary_outputs, strict=True):
-        torch.testing.assert_close(mine["pred_logits"], hf["logits"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(mine["pred_boxes"], hf["pred_boxes"], atol=1e-5, rtol=0)
+        assert_close_to_scale(mine["pred_logits"], hf["logits"], 1e-5)
+        assert_close_to_scale(mine["pred_boxes"], hf["pred_boxes"], 1e-5)
 
     # transformers' own matcher and loss are a second implementation of the set criterion
     set_criterion = SetCriterion(num_classes=91, dec_layers=SMALL["dec_layers"])
     losses = set_criterion(actual, targets)
     for key, value in expected.loss_dict.items():
-        torch.testing.assert_close(losses[key], value, atol=1e-5, rtol=0, msg=key)
+        assert_close_to_scale(losses[key], value, 1e-5, msg=key)
     total = sum(losses[k] * w for k, w in set_criterion.weight_dict.items())
-    torch.testing.assert_close(total, expected.loss, atol=1e-4, rtol=0)
+    assert_close_to_scale(total, expected.loss, 1e-4)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -10,6 +10,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmVisionTransf
 from timm.models.vision_transformer import _load_weights as timm_load_jax_weights
 
 import vtrain
+from tests.numerics import assert_close_to_scale
 from vtrain.models import create_model, list_models
 from vtrain.models.vit import PRESETS, VisionTransformer, load_pretrained, load_vit_checkpoint, vit_ti16
 
@@ -86,7 +87,7 @@ def test_small_vit_matches_timm(overrides):
     x = torch.randn(3, kwargs.get("in_chans", 3), *img_size)
     _assert_same_output(ours, theirs, x)
     with torch.no_grad():
-        torch.testing.assert_close(ours.forward_features(x), theirs.forward_features(x), atol=1e-5, rtol=0)
+        assert_close_to_scale(ours.forward_features(x), theirs.forward_features(x), 1e-5)
 
 
 def test_representation_layer_is_tanh_linear_before_head():
@@ -120,7 +121,7 @@ def test_set_img_size_resamples_pos_embed_like_timm():
     model.set_img_size(48)
     expected = timm.layers.resample_abs_pos_embed(old, [6, 6], num_prefix_tokens=1)
     assert model.img_size == (48, 48) and model.patch_embed.grid_size == (6, 6)
-    torch.testing.assert_close(model.pos_embed.detach(), expected, atol=1e-6, rtol=0)
+    assert_close_to_scale(model.pos_embed.detach(), expected, 1e-6)
     assert isinstance(model.pos_embed, torch.nn.Parameter)
     assert model(torch.randn(1, 3, 48, 48)).shape == (1, 10)
 
@@ -258,7 +259,7 @@ def test_jax_npz_into_larger_resolution_resamples_pos_embed(tmp_path):
     model = load_vit_checkpoint(VisionTransformer(**{**SMALL, "img_size": 48}), path)
     pos_embed = torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"])
     expected = timm.layers.resample_abs_pos_embed(pos_embed, [6, 6], num_prefix_tokens=1)
-    torch.testing.assert_close(model.pos_embed.detach(), expected, atol=1e-6, rtol=0)
+    assert_close_to_scale(model.pos_embed.detach(), expected, 1e-6)
 
 
 def test_jax_npz_with_unknown_or_missing_arrays_is_rejected(tmp_path):
@@ -290,7 +291,7 @@ def test_224_checkpoint_into_384_model_matches_timm(tmp_path):
     ours = load_vit_checkpoint(vit_ti16(img_size=384), path).eval()
 
     assert ours.pos_embed.shape == (1, 1 + 24 * 24, 192)
-    torch.testing.assert_close(ours.pos_embed.detach(), resampled, atol=1e-6, rtol=0)
+    assert_close_to_scale(ours.pos_embed.detach(), resampled, 1e-6)
     assert torch.equal(ours.pos_embed[:, 0].detach(), state_dict["pos_embed"][:, 0])  # class-token position
     assert torch.equal(ours.cls_token.detach(), state_dict["cls_token"])
     _assert_same_output(ours, theirs, torch.randn(1, 3, 384, 384))

@@ -1,0 +1,166 @@
+"""What every mode builds from the composed config: the trainer (with callbacks and loggers), the global
+batch and the learning rates that follow it, the data module, the model and the task; and the checks of
+a vtrain checkpoint against the run it is given to."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vtrain.checkpoint import fit_state_dict, load_checkpoint
+from vtrain.config import redact_secrets
+from vtrain.runs import keep_wandb_run_id
+from vtrain.scaling import BatchPlan, apply_batch_plan
+
+log = logging.getLogger("vtrain")
+
+
+class SaveConfig(L.Callback):
+    """Stores the resolved run config (plain containers only) in every checkpoint under `vtrain_config`."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = config or {}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["vtrain_config"] = self.config
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a config group such as `callbacks` or `logger`."""
+    if not group:
+        return []
+    return [
+        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+@dataclass
+class Run:
+    """A job's objects, built from `cfg` (the config as this run uses it: derived batch and scaled LRs)."""
+
+    cfg: DictConfig
+    trainer: L.Trainer
+    datamodule: L.LightningDataModule
+    task: L.LightningModule
+    plan: BatchPlan
+    output_dir: Path
+
+    def info(self) -> dict[str, Any]:
+        """What `metrics.json` records about the run besides its numbers."""
+        optimizer = self.cfg.task.get("optimizer") or {}
+        return {
+            "global_batch": self.plan.global_batch,
+            "paper_global_batch": self.plan.paper,
+            "lr": optimizer.get("lr"),
+            "lr_rule": self.plan.lr_rule,
+            "selection_split": "holdout of train" if self.cfg.data.get("holdout") else "official",
+        }
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Seed, then build trainer, data, model and task. The trainer comes first: its world size fixes the
+    global batch, and with it the per-device batch (when derived) and the learning rates."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    save_config = SaveConfig()
+    callbacks = [*instantiate_group(cfg.get("callbacks")), save_config]
+    keep_wandb_run_id(cfg, output_dir)
+    loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # `logger=none`: Lightning's LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, L.callbacks.LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    plan = apply_batch_plan(cfg, trainer.world_size)
+    # step counts may have followed the global batch; the trainer was built before it was known
+    trainer.fit_loop.epoch_loop.max_steps = int(cfg.trainer.get("max_steps") or -1)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    if cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        model.compile()
+    task = instantiate(cfg.task, model=model)
+
+    # logged and stored in every checkpoint: credentials never land there
+    save_config.config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(save_config.config)
+    return Run(cfg, trainer, datamodule, task, plan, output_dir)
+
+
+def describe_file(path: str | Path, content: Any) -> str:
+    """What a loaded torch file looks like, for errors about passing the wrong kind of file."""
+    if not isinstance(content, dict):
+        return f"a {type(content).__name__}"
+    tensors = [k for k, v in content.items() if isinstance(v, torch.Tensor)]
+    if tensors and len(tensors) == len(content):
+        return f"a bare state dict of {len(tensors)} tensors ({', '.join(map(repr, tensors[:3]))}, ...)"
+    keys = ", ".join(repr(k) for k in list(content)[:6])
+    if isinstance(content.get("model"), dict) and "args" in content:
+        return f"an official facebookresearch/detr training checkpoint (top-level keys {keys})"
+    return f"a dict with top-level keys {keys}"
+
+
+def read_vtrain_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint that vtrain wrote (a Lightning checkpoint with `state_dict` and `vtrain_config`).
+
+    Raises:
+        ValueError: the file is another kind of checkpoint (an official or third-party weight file), with
+            what it looks like and the `model.pretrained` option that takes such files.
+    """
+    if Path(path).suffix == ".npz":
+        raise ValueError(
+            f"ckpt_path={path} is a NumPy .npz archive (official JAX ViT weights?), not a vtrain checkpoint: "
+            f"pass it as model.pretrained={path}"
+        )
+    content = load_checkpoint(path)
+    if not (isinstance(content, dict) and isinstance(content.get("state_dict"), dict)):
+        raise ValueError(
+            f"ckpt_path={path} is not a vtrain checkpoint (a Lightning checkpoint with 'state_dict' and "
+            f"'vtrain_config'): it is {describe_file(path, content)}. Official or third-party weights are "
+            f"loaded into the experiment's model with model.pretrained={path}"
+        )
+    return content
+
+
+def _model_name(model_cfg: dict[str, Any] | DictConfig) -> str:
+    return str(model_cfg.get("name") or model_cfg.get("_target_") or "?")
+
+
+def check_checkpoint_matches(path: str | Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
+    """A checkpoint from another experiment's model is named as such, before any key is compared.
+
+    Raises:
+        ValueError: the checkpoint's stored config built another model preset than this run's.
+    """
+    stored = checkpoint.get("vtrain_config") or {}
+    stored_model = stored.get("model") or {}
+    if not stored_model:
+        return  # an older checkpoint without its config: the state dict check below still names keys
+    theirs, ours = _model_name(stored_model), _model_name(cfg.model)
+    if theirs != ours:
+        raise ValueError(
+            f"{path} holds a {theirs} model (experiment {stored.get('name', '?')}), but this run builds "
+            f"{ours} (experiment {cfg.name}): pass a checkpoint of this experiment, or the experiment "
+            f"that wrote it (experiment={stored.get('name', '?')})"
+        )
+
+
+def load_task_weights(task: L.LightningModule, path: str | Path, cfg: DictConfig) -> dict[str, Any]:
+    """Load a vtrain checkpoint's weights into `task`, every problem named with the file."""
+    checkpoint = read_vtrain_checkpoint(path)
+    check_checkpoint_matches(path, checkpoint, cfg)
+    fit_state_dict(task, checkpoint["state_dict"], path)
+    return checkpoint

@@ -1,0 +1,46 @@
+"""`mode=eval`: evaluate weights without training: a vtrain checkpoint (`ckpt_path=RUN.ckpt`) or official
+weights loaded into the experiment's model (`model.pretrained=FILE`: DETR `.pth`, ViT `.npz` / timm,
+TTSR `.pt`, iGPT Hugging Face, torchvision Mask R-CNN, LambdaResNet state dicts).
+
+The test split (the official evaluation split) is evaluated once; the validation split too, when it is a
+separate hold-out of the training split (`data.holdout`). Each number is printed once.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from vtrain.modes.common import build_run, load_task_weights
+from vtrain.results import paper_results, print_summary, scalars, write_metrics
+from vtrain.runs import resolve_ckpt_path
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    """Evaluate, write `metrics.json`, print the table; returns the value of `monitor` when measured."""
+    ckpt_path = resolve_ckpt_path(cfg)
+    pretrained = cfg.model.get("pretrained")
+    if ckpt_path is None and not pretrained:
+        raise ValueError(
+            "mode=eval needs the weights to evaluate: ckpt_path=RUN.ckpt (a vtrain checkpoint) or "
+            "model.pretrained=FILE (official weights in the experiment's model)"
+        )
+    run = build_run(cfg)
+    info = run.info()
+    if ckpt_path is not None:
+        load_task_weights(run.task, ckpt_path, run.cfg)
+        info["tested_checkpoint"] = ckpt_path
+    else:
+        info["tested_checkpoint"] = f"model.pretrained={pretrained}"
+
+    metrics: dict[str, float] = {}
+    if cfg.data.get("holdout"):
+        results = run.trainer.validate(run.task, datamodule=run.datamodule, verbose=False)
+        metrics.update(scalars(results[0] if results else {}))
+    results = run.trainer.test(run.task, datamodule=run.datamodule, verbose=False)
+    metrics.update(scalars(results[0] if results else {}))
+
+    if run.trainer.is_global_zero:
+        paper = paper_results(run.cfg)
+        write_metrics(run.output_dir, metrics, paper, info)
+        print_summary(metrics, paper, info, run.output_dir)
+    return metrics.get(cfg.monitor)

@@ -1,0 +1,76 @@
+"""`mode=train`: fit, then test on the official evaluation split.
+
+Which weights are tested (`test_ckpt`): `best` is the checkpoint chosen by `monitor` on the validation
+split, which is only a fair choice when validation is a hold-out of the training split (`data.holdout`);
+`last` is the final model, what the papers report on COCO val2017, ImageNet val or CUFED5 when they have no
+separate validation split. `auto` (the default) picks `best` with a hold-out and `last` without.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from vtrain.modes.common import build_run, load_task_weights
+from vtrain.results import paper_results, print_summary, scalars, write_metrics
+from vtrain.runs import refuse_to_overwrite, resolve_ckpt_path
+
+log = logging.getLogger("vtrain")
+
+TEST_CKPTS = ("auto", "best", "last")
+
+
+def tested_checkpoint(cfg: DictConfig) -> str:
+    """`best` or `last`, from `test_ckpt` and whether validation is a hold-out of the training split."""
+    choice = str(cfg.get("test_ckpt", "auto"))
+    if choice not in TEST_CKPTS:
+        raise ValueError(f"test_ckpt must be one of {TEST_CKPTS}, got {choice!r}")
+    holdout = bool(cfg.data.get("holdout"))
+    if choice == "auto":
+        return "best" if holdout else "last"
+    if choice == "best" and not holdout:
+        log.warning(
+            "test_ckpt=best without data.holdout: the checkpoint is chosen on the split it is tested on, "
+            "so the test numbers are optimistic; set data.holdout=FRACTION to select on held-out training "
+            "data"
+        )
+    return choice
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit, test (when `test`), write `metrics.json`; returns the best `monitor` value (for sweepers)."""
+    ckpt_path = resolve_ckpt_path(cfg)
+    refuse_to_overwrite(cfg, ckpt_path)
+    run = build_run(cfg)
+    trainer, task = run.trainer, run.task
+    trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
+    metrics = scalars(trainer.callback_metrics)
+    info = run.info()
+
+    if cfg.get("test"):
+        which = tested_checkpoint(cfg)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if which == "best" and best:
+            load_task_weights(task, best, run.cfg)
+            info["tested_checkpoint"] = f"best by {cfg.monitor}: {best}"
+        else:
+            info["tested_checkpoint"] = (
+                f"last: the weights at the end of training (step {trainer.global_step})"
+            )
+        log.info("testing %s", info["tested_checkpoint"])
+        results = trainer.test(task, datamodule=run.datamodule, verbose=False)
+        metrics.update(scalars(results[0] if results else {}))
+
+    skipped = run.datamodule.corrupt_count() if hasattr(run.datamodule, "corrupt_count") else 0
+    if skipped:
+        metrics["data/corrupt_images_skipped"] = float(skipped)
+        log.warning("%d corrupt images were skipped (data.skip_corrupt=true); the log names them", skipped)
+
+    best_score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    score = float(best_score) if best_score is not None else metrics.get(cfg.monitor)
+    if trainer.is_global_zero:
+        paper = paper_results(run.cfg)
+        write_metrics(run.output_dir, metrics, paper, info)
+        print_summary(metrics, paper, info, run.output_dir)
+    return score
