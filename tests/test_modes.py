@@ -134,3 +134,10 @@ def test_every_full_scale_experiment_states_its_paper_numbers_on_the_test_split(
         cfg = make_cfg([f"experiment={experiment}"])
         assert cfg.paper.source, experiment
         assert all(k.startswith("test/") for k in cfg.paper.results), experiment
+
+
+def test_resuming_from_another_experiments_checkpoint_fails_before_training(make_cfg, tmp_path):
+    last = _fit(make_cfg, tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"holds a vit_ti16 model .* this run builds lambda_tiny"):
+        run(make_cfg(["experiment=lambda_tiny", *SMOKE, f"ckpt_path={last}"], output_dir=tmp_path / "l"))
+    assert not (tmp_path / "l" / "checkpoints").exists()

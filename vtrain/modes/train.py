@@ -12,7 +12,12 @@ import logging
 
 from omegaconf import DictConfig
 
-from vtrain.modes.common import build_run, load_task_weights
+from vtrain.modes.common import (
+    build_run,
+    check_checkpoint_matches,
+    load_task_weights,
+    read_vtrain_checkpoint,
+)
 from vtrain.results import paper_results, print_summary, scalars, write_metrics
 from vtrain.runs import refuse_to_overwrite, resolve_ckpt_path
 
@@ -42,6 +47,8 @@ def train(cfg: DictConfig) -> float | None:
     """Fit, test (when `test`), write `metrics.json`; returns the best `monitor` value (for sweepers)."""
     ckpt_path = resolve_ckpt_path(cfg)
     refuse_to_overwrite(cfg, ckpt_path)
+    if ckpt_path is not None:  # before any work: a checkpoint of another model fails here, named
+        check_checkpoint_matches(ckpt_path, read_vtrain_checkpoint(ckpt_path), cfg)
     run = build_run(cfg)
     trainer, task = run.trainer, run.task
     trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
