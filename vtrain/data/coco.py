@@ -54,6 +54,18 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def check_json_image_sizes(path: Path, images: list[dict]) -> None:
+    """Raise ValueError naming ``path`` unless every entry of its ``images`` has a positive integer
+    ``width`` and ``height``, which each image file is checked against when it is read."""
+    for image in images:
+        if not (_is_size(image.get("width")) and _is_size(image.get("height"))):
+            raise ValueError(
+                f"{path}: image {image['id']!r} needs a positive integer 'width' and 'height' (the size of "
+                f"its file, which is checked against them), found {image.get('width')!r} and "
+                f"{image.get('height')!r}"
+            )
+
+
 def load_coco(annotation_file: str | Path) -> COCO:
     """A pycocotools index of a COCO instances file, after checking what the loader relies on.
 
@@ -94,13 +106,7 @@ def load_coco(annotation_file: str | Path) -> COCO:
             )
         if problem:
             raise ValueError(f"{path}: annotation {annotation['id']!r}: {problem}")
-    for image in content["images"]:
-        if not (_is_size(image.get("width")) and _is_size(image.get("height"))):
-            raise ValueError(
-                f"{path}: image {image['id']!r} needs a positive integer 'width' and 'height' (the size of "
-                f"its file, which is checked against them), found {image.get('width')!r} and "
-                f"{image.get('height')!r}"
-            )
+    check_json_image_sizes(path, content["images"])
     coco = COCO()
     coco.dataset = content
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
