@@ -43,10 +43,16 @@ class ScanCounts:
     counts: dict[str, int]
 
 
+# (source, key, count) already logged by this process: data sets that read one source (CUFED5's levels)
+# log it once.
+_logged: set[tuple[str, str, int]] = set()
+
+
 def log_left_out(source: str, key: str, examples: Sequence[object], reason: str) -> int:
     """Log once that ``source`` left out ``len(examples)`` items for ``reason``, naming the first few;
     returns the count (nothing is logged for none)."""
-    if examples:
+    if examples and (source, key, len(examples)) not in _logged:
+        _logged.add((source, key, len(examples)))
         shown = ", ".join(str(example) for example in examples[:5])
         more = f" and {len(examples) - 5} more" if len(examples) > 5 else ""
         log.warning("%s: left out %d %s (%s): %s%s", source, len(examples), reason, key, shown, more)
