@@ -1,12 +1,14 @@
 """LoaderMixin.data_counts(): every data set a DataModule holds (wrapped or in lists) is found once, scan
 counts add up once per source, corrupt images over all worker processes."""
 
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vtrain.data.counts import ScanCounts, collect_counts, held_datasets
+from vtrain.data.counts import ScanCounts, collect_counts, held_datasets, report_counts
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
 from vtrain.data.loading import LoaderMixin
@@ -65,3 +67,12 @@ def test_corrupt_images_behind_wrappers_are_counted_over_workers(tmp_path, num_w
 
     assert module.data_counts() == {"data/corrupt_images_skipped": 1, "data/files_skipped_extension": 1}
     assert collect_counts([images]) == module.data_counts()
+
+
+def test_report_counts_warns_for_each_non_zero_count(caplog):
+    with caplog.at_level(logging.WARNING, logger="vtrain.data.counts"):
+        metrics = report_counts({"data/boxes_dropped_degenerate": 2, "data/corrupt_images_skipped": 0})
+    assert metrics == {"data/boxes_dropped_degenerate": 2.0, "data/corrupt_images_skipped": 0.0}
+    assert [r.getMessage() for r in caplog.records] == [
+        "data/boxes_dropped_degenerate = 2: the run's data left this many out; earlier warnings name them"
+    ]

@@ -105,3 +105,12 @@ def collect_counts(datasets: Iterable[Dataset]) -> dict[str, int]:
     if corrupt is not None:
         totals[CORRUPT_IMAGES_SKIPPED] = corrupt
     return dict(sorted(totals.items()))
+
+
+def report_counts(counts: dict[str, int]) -> dict[str, float]:
+    """``counts`` (``data_counts()``) as metrics for ``metrics.json``, after one warning per non-zero count;
+    the log lines written while reading the data name the files and annotations."""
+    for key, count in counts.items():
+        if count:
+            log.warning("%s = %d: the run's data left this many out; earlier warnings name them", key, count)
+    return {key: float(count) for key, count in counts.items()}
