@@ -1,3 +1,4 @@
+import os
 import pickle
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ import torch
 from torchvision import tv_tensors
 
 from vtrain.data.cifar import CIFAR, load_cifar_pickle
+from vtrain.data.safe_pickle import RefusedPickleError, load_data_pickle
 
 
 def test_real_cifar10_reads_truncated_batches(shared):
@@ -113,3 +115,68 @@ def test_transform_receives_the_image(tmp_path):
     _write_cifar10(tmp_path / "cifar-10-batches-py", *_batch())
     dataset = CIFAR(tmp_path, "test", transform=lambda image: image.float().mean())
     assert dataset[0][0] == pytest.approx(np.arange(3072).astype(np.uint8).mean())
+
+
+class _Payload:
+    """Unpickles as ``function(*args)``: what a crafted data file runs under a plain ``pickle.load``."""
+
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize(
+    ("payload", "refused"),
+    [
+        (lambda marker: _Payload(os.system, f"touch {marker}"), f"{os.system.__module__}.system"),
+        (lambda marker: _Payload(Path.touch, marker), "pathlib.Path.touch"),
+    ],
+    ids=["os.system", "Path.touch"],
+)
+def test_batch_that_would_run_code_is_refused_before_it_runs(tmp_path, payload, refused):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(folder, *_batch())
+    marker = tmp_path / "payload_ran"
+    batch, _ = _batch()
+    batch["data"] = payload(marker)
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=4))
+
+    with pytest.raises(RefusedPickleError) as error:
+        CIFAR(tmp_path, "train")
+    message = str(error.value)
+    expected = f"refusing to load {folder / 'data_batch_1'}: it names the Python global {refused}, "
+    assert message.startswith(expected)
+    assert "the file was not loaded" in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_arrays_of_every_pickle_protocol_load(tmp_path, protocol):
+    content = {b"data": np.arange(12, dtype=np.uint8).reshape(3, 4), "names": [b"a", "b"], "n": (1, 2.5)}
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+    loaded = load_data_pickle(path)
+    assert np.array_equal(loaded[b"data"], content[b"data"]) and loaded[b"data"].dtype == np.uint8
+    assert loaded["names"] == [b"a", "b"] and loaded["n"] == (1, 2.5)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        *(f"cifar10/cifar-10-batches-py/{n}" for n in ("data_batch_1", "test_batch", "batches.meta")),
+        *(f"cifar100/cifar-100-python/{n}" for n in ("train", "test", "meta")),
+    ],
+)
+def test_real_python2_batches_load_as_plain_pickle_does(shared, relative):
+    """The real files are Python 2 pickles with byte-string keys (encoding="bytes" keeps them bytes)."""
+    path = shared(relative)
+    expected = pickle.loads(path.read_bytes(), encoding="bytes")
+    loaded = load_data_pickle(path, encoding="bytes")
+    assert list(loaded) == list(expected) and all(isinstance(key, bytes) for key in loaded)
+    for key, value in expected.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(loaded[key], value) and loaded[key].dtype == value.dtype
+        else:
+            assert loaded[key] == value

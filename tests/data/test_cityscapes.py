@@ -3,6 +3,8 @@ labels aligned, the data module's batches, and errors that name the missing file
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from vtrain.data.cityscapes import (
     SegmentationTransform,
     label_id_to_train_id,
 )
+from vtrain.data.images import ImageSizeError
 from vtrain.data.tiny.cityscapes import build_cityscapes_tiny
 
 
@@ -92,3 +95,33 @@ def test_datamodule_batches_and_missing_data_errors(tmp_path):
     next((root / "gtFine" / "val").rglob("*.png")).unlink()
     with pytest.raises(FileNotFoundError, match="label files missing"):
         CityscapesSegmentation(root, "val")
+
+
+def test_label_image_of_another_size_names_both_files(tmp_path):
+    root = build_cityscapes_tiny(tmp_path / "cs")
+    dataset = CityscapesSegmentation(root, "val")
+    with Image.open(dataset.labels[3]) as label:
+        label.resize((128, 64), Image.NEAREST).save(dataset.labels[3])
+    with pytest.raises(ImageSizeError) as error:
+        dataset[3]
+    assert str(error.value) == (
+        f"{dataset.labels[3]}: the label image is 128 x 64 pixels (width x height) but its image "
+        f"{dataset.images[3]} is 256 x 128"
+    )
+
+
+def test_other_files_in_the_city_folders_are_counted_and_logged(tmp_path, caplog):
+    root = build_cityscapes_tiny(tmp_path / "cs")
+    image = next((root / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))
+    for name in ("notes.txt", image.name.replace(".png", ".jpg")):
+        (image.parent / name).write_bytes(b"")
+    dm = SegmentationDataModule(str(root), crop_size=(64, 96), batch_size=4, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert len(dm.val_set) == 12
+    assert dm.data_counts() == {"data/files_skipped_extension": 2}
+    assert (
+        f"{root / 'leftImg8bit' / 'val'}: left out 2 files that are not *_leftImg8bit.png images"
+        in caplog.text
+    )
+    assert "notes.txt" in caplog.text

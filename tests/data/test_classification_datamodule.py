@@ -110,6 +110,7 @@ def test_skip_corrupt_counts_across_workers_and_reports_at_teardown(imagenet_tin
 
     assert sum(len(labels) for _, labels in datamodule.val_dataloader()) == 97
     assert datamodule.corrupt_count() == 3
+    assert datamodule.data_counts() == {"data/corrupt_images_skipped": 3, "data/files_skipped_extension": 0}
     with caplog.at_level(logging.INFO, logger="vtrain.data.classification"):
         datamodule.teardown("validate")
     assert "imagenet: 3 corrupt images skipped so far" in caplog.text

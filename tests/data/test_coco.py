@@ -9,9 +9,10 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from vtrain.data.coco import CocoDetection, collate_detection, pad_images
+from vtrain.data.coco_instance import CocoInstanceSegmentation
 from vtrain.data.detection import DetectionDataModule
 from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD, resized_size
-from vtrain.data.images import CorruptImageError
+from vtrain.data.images import CorruptImageError, ImageSizeError
 
 # A hand-made set: image 1 is 40 x 30 px, image 2 (20 x 25 px) has no annotation.
 HANDMADE_ANNOTATIONS = [
@@ -75,6 +76,56 @@ def test_handmade_targets_clip_drop_and_leave_crowds_out(tmp_path):
         empty["boxes"].shape == (0, 4)
         and empty["labels"].shape == (0,)
         and empty["orig_size"].tolist() == [25, 20]
+    )
+
+
+def test_dropped_boxes_are_counted_by_reason_and_logged(tmp_path, caplog):
+    annotation_file = _write_coco(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        dataset = CocoDetection(tmp_path, "train")
+    # annotation 4 has zero width, annotation 5 lies right of its 40 px wide image; 3 is a crowd, not dropped
+    assert dataset.scan_counts.counts == {
+        "data/boxes_dropped_degenerate": 1,
+        "data/boxes_dropped_off_image": 1,
+    }
+    assert dataset.scan_counts.source == str(annotation_file)
+    assert f"{annotation_file}: left out 1 annotations whose box has no width or height" in caplog.text
+    assert "(data/boxes_dropped_off_image): annotation 5" in caplog.text
+    datamodule = DetectionDataModule(str(tmp_path), val_split="train", batch_size=1, num_workers=0)
+    datamodule.setup("fit")  # train and val read one file: counted once
+    assert datamodule.data_counts() == {
+        "data/boxes_dropped_degenerate": 1,
+        "data/boxes_dropped_off_image": 1,
+        "data/corrupt_images_skipped": 0,
+    }
+
+
+@pytest.mark.parametrize("dataset_class", [CocoDetection, CocoInstanceSegmentation])
+def test_image_whose_size_differs_from_the_json_names_both(tmp_path, dataset_class):
+    annotation_file = _write_coco(tmp_path)
+    content = json.loads(annotation_file.read_text())
+    content["images"][0]["width"] = 50  # a.jpg is 40 x 30
+    annotation_file.write_text(json.dumps(content))
+    dataset = dataset_class(tmp_path, "train")
+    with pytest.raises(ImageSizeError) as error:
+        dataset[0]
+    assert str(error.value).startswith(
+        f"{tmp_path / 'train2017' / 'a.jpg'}: the image is 40 x 30 pixels (width x height) but "
+        f"{annotation_file} (image id 1) gives 50 x 30; its annotations would not line up with the pixels"
+    )
+    assert dataset[1][1]["image_id"] == 2  # the other image agrees with the file
+
+
+def test_images_need_their_size_in_the_json(tmp_path):
+    annotation_file = _write_coco(tmp_path)
+    content = json.loads(annotation_file.read_text())
+    del content["images"][1]["height"]
+    annotation_file.write_text(json.dumps(content))
+    with pytest.raises(ValueError) as error:
+        CocoDetection(tmp_path, "train")
+    assert str(error.value) == (
+        f"{annotation_file}: image 2 needs a positive integer 'width' and 'height' (the size of its file, "
+        "which is checked against them), found 20 and None"
     )
 
 

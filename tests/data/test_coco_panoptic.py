@@ -2,14 +2,18 @@
 the tiny COCO-panoptic-format set, the masks following DETR's augmentation, and the data module's batches."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.ops import masks_to_boxes
 
 from vtrain.data.coco_panoptic import CocoPanoptic, PanopticDataModule
 from vtrain.data.detection_transforms import build_detr_transforms
+from vtrain.data.images import ImageSizeError
 from vtrain.metrics.panoptic import pq_compute
 
 
@@ -118,3 +122,32 @@ def test_datamodule_batches_masks_with_the_images(tiny, data_dir):
     module = PanopticDataModule(root=str(data_dir / "coco_panoptic_tiny"), num_classes=5)
     with pytest.raises(ValueError, match="largest category id is 17"):
         module.setup("validate")
+
+
+def test_images_and_segment_pngs_whose_size_differs_from_the_json_name_both(shared, tmp_path):
+    root = Path(shutil.copytree(shared("coco_panoptic"), tmp_path / "coco_panoptic"))
+    annotation_file = root / "annotations" / "panoptic_val2017.json"
+    content = json.loads(annotation_file.read_text())
+    image, width, height = content["images"][0], content["images"][0]["width"], content["images"][0]["height"]
+    image["width"] += 1
+    annotation_file.write_text(json.dumps(content))
+    dataset = CocoPanoptic(root, "val")
+    index = dataset.ids.index(image["id"])
+    with pytest.raises(ImageSizeError) as error:
+        dataset[index]
+    assert str(error.value).startswith(
+        f"{root / 'val2017' / image['file_name']}: the image is {width} x {height} pixels (width x height) "
+        f"but {annotation_file} (image id {image['id']}) gives {width + 1} x {height}"
+    )
+
+    image["width"] = width
+    annotation_file.write_text(json.dumps(content))
+    png = root / "annotations" / "panoptic_val2017" / dataset.annotations[image["id"]]["file_name"]
+    with Image.open(png) as segments:
+        segments.resize((width // 2, height // 2), Image.NEAREST).save(png)
+    with pytest.raises(ImageSizeError) as error:
+        CocoPanoptic(root, "val")[index]
+    assert str(error.value) == (
+        f"{png}: the segment PNG of image {image['id']} is {width // 2} x {height // 2} pixels "
+        f"(width x height) but its image is {width} x {height}"
+    )

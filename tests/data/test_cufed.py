@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,30 @@ def test_datamodule_loaders(cufed_tiny):
     assert val["hr"].shape == (1, 3, 88, 120) and val["ref_level"] == ["1"]
     tests = dm.test_dataloader()
     assert [next(iter(loader))["ref_level"][0] for loader in tests] == ["1", "5", "lr"]
+
+
+def test_files_skipped_for_their_extension_are_counted_once_per_folder(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    names = [*(f"train/{kind}/{i}.png" for kind in ("input", "ref") for i in range(2))]
+    names += [f"test/CUFED5/000_{level}.png" for level in range(6)]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    for name in ("train/input/Thumbs.db", "test/CUFED5/readme.txt"):
+        (tmp_path / name).write_text("")
+    dm = SuperResolutionDataModule(
+        str(tmp_path), ref_size=32, batch_size=2, num_workers=0, test_ref_levels=(1, 2)
+    )
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+
+    assert len(dm.train_set) == 2 and len(dm.val_set) == 1
+    # the validation set and both test levels read test/CUFED5: its file is counted and logged once
+    assert dm.data_counts() == {"data/corrupt_images_skipped": 0, "data/files_skipped_extension": 2}
+    messages = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert messages == [
+        f"{tmp_path / 'test/CUFED5'}: left out 1 files without an image extension (.png, .jpg, .jpeg, .bmp) "
+        "(data/files_skipped_extension): readme.txt",
+        f"{tmp_path / 'train'}: left out 1 files without an image extension (.png, .jpg, .jpeg, .bmp) "
+        "(data/files_skipped_extension): input/Thumbs.db",
+    ]

@@ -1,4 +1,5 @@
 import csv
+import logging
 import re
 from pathlib import Path
 
@@ -144,3 +145,38 @@ def test_a_batch_of_only_corrupt_images_raises():
     assert loader("/nonexistent/image.JPEG") is None and loader.skipped == 1
     with pytest.raises(CorruptImageError, match="all 2 samples of a batch were unreadable"):
         collate_skip_corrupt([None, None])
+
+
+def test_files_skipped_for_their_extension_are_counted_and_logged_once(tmp_path, caplog):
+    _image_folder(tmp_path, "n01440764", count=2)
+    _image_folder(tmp_path, "n01443537", count=1, suffix=".png")
+    for name in ("n01440764/notes.txt", "n01440764/.DS_Store", "n01443537/1.JPEG.part"):
+        (tmp_path / "train" / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        dataset = ImageNet(tmp_path, "train")
+
+    assert len(dataset) == 3 and dataset.scan_counts.counts == {"data/files_skipped_extension": 3}
+    (record,) = [r for r in caplog.records if "left out" in r.getMessage()]
+    assert record.getMessage() == (
+        f"{tmp_path / 'train'}: left out 3 files without an image extension (.jpg, .jpeg, .png, .ppm, .bmp, "
+        ".pgm, .tif, .tiff, .webp) (data/files_skipped_extension): n01440764/.DS_Store, n01440764/notes.txt, "
+        "n01443537/1.JPEG.part"
+    )
+
+
+def test_kaggle_val_counts_unlabelled_images_absent_images_and_other_files(tmp_path):
+    val = tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    val.mkdir(parents=True)
+    for name in ("a.JPEG", "b.JPEG"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(val / name)
+    (val / "readme.txt").write_text("")
+    rows = ["ImageId,PredictionString", "a,n01440764 1 2 3 4", "c,n01443537 1 2 3 4", "d,n01443537"]
+    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    dataset = ImageNet(tmp_path, "val")
+
+    assert [Path(path).name for path, _ in dataset.samples] == ["a.JPEG"]
+    assert dataset.scan_counts.counts == {
+        "data/files_skipped_extension": 1,  # readme.txt
+        "data/images_without_label": 1,  # b.JPEG
+        "data/labels_without_image": 2,  # rows c and d
+    }

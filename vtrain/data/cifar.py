@@ -22,6 +22,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from vtrain.data.safe_pickle import RefusedPickleError, load_data_pickle
+
 
 @dataclass(frozen=True)
 class _Variant:
@@ -67,14 +69,17 @@ def load_cifar_pickle(path: Path) -> dict[str, Any]:
 
     The official files are Python 2 pickles: ``encoding="latin1"`` turns their byte-string keys into str
     and keeps the numpy data intact; keys that are real ``bytes`` (written from Python 3) are decoded too.
+    Read with :func:`~vtrain.data.safe_pickle.load_data_pickle`, so a file that names any Python global
+    other than numpy's array constructors is refused (RefusedPickleError) before anything in it runs.
     """
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR file {path} does not exist; {CIFAR_LAYOUT}")
-    with path.open("rb") as f:
-        try:
-            content = pickle.load(f, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError, ValueError) as error:
-            raise ValueError(f"{path}: not a readable CIFAR pickle ({error})") from error
+    try:
+        content = load_data_pickle(path, encoding="latin1")
+    except RefusedPickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable CIFAR pickle ({error})") from error
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a pickled dict, found {type(content).__name__}")
     return {_text(key): value for key, value in content.items()}

@@ -29,13 +29,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from vtrain.data.counts import FILES_SKIPPED_EXTENSION, ScanCounts, log_left_out
 from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD
+from vtrain.data.images import ImageSizeError, open_rgb
 from vtrain.data.loading import LoaderMixin, training_set
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
+IMAGE_SUFFIX = "_leftImg8bit.png"
 # (name, label id, colour) of the 19 train ids, in train-id order (cityscapesscripts' labels.py).
 CITYSCAPES_CLASSES = (
     ("road", 7, (128, 64, 128)),
@@ -81,17 +84,22 @@ class CityscapesSegmentation(Dataset):
     ``transform(image [3, H, W] uint8, labels [H, W] int64 train ids)``, sorted by file name.
 
     Raises FileNotFoundError naming the folder and the layout when the split is missing or empty, and when an
-    image has no label file.
+    image has no label file; reading a label file whose size differs from its image raises ImageSizeError
+    naming both. Other files in the city folders are left out, counted in ``scan_counts`` and logged.
     """
 
     def __init__(self, root: str | Path, split: str = "train", transform=None) -> None:
         root = Path(root)
         image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         self.images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+        others = sorted(p for p in image_dir.glob("*/*") if p.is_file() and not p.name.endswith(IMAGE_SUFFIX))
+        reason = f"files that are not *{IMAGE_SUFFIX} images"
+        skipped = log_left_out(str(image_dir), FILES_SKIPPED_EXTENSION, others, reason)
+        self.scan_counts = ScanCounts(str(image_dir), {FILES_SKIPPED_EXTENSION: skipped})
         if not self.images:
             raise FileNotFoundError(f"Cityscapes {split}: no *_leftImg8bit.png under {image_dir}; {LAYOUT}")
         self.labels = [
-            label_dir / path.parent.name / path.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+            label_dir / path.parent.name / path.name.replace(IMAGE_SUFFIX, "_gtFine_labelIds.png")
             for path in self.images
         ]
         missing = [str(path) for path in self.labels if not path.is_file()]
@@ -105,10 +113,18 @@ class CityscapesSegmentation(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = torch.from_numpy(np.asarray(Image.open(self.images[index]).convert("RGB")).copy())
-        label_ids = np.asarray(Image.open(self.labels[index]))
+        image_path, label_path = self.images[index], self.labels[index]
+        image = open_rgb(image_path)
+        with Image.open(label_path) as label_image:
+            label_ids = np.asarray(label_image)
+        if label_ids.shape[:2] != (image.height, image.width):
+            raise ImageSizeError(
+                f"{label_path}: the label image is {label_ids.shape[1]} x {label_ids.shape[0]} pixels "
+                f"(width x height) but its image {image_path} is {image.width} x {image.height}"
+            )
+        image = torch.from_numpy(np.asarray(image).copy())
         if label_ids.ndim != 2:
-            raise ValueError(f"{self.labels[index]}: expected a single-channel label id image")
+            raise ValueError(f"{label_path}: expected a single-channel label id image")
         labels = self.table[torch.from_numpy(label_ids.astype(np.int64))]
         image = image.permute(2, 0, 1)
         if self.transform is not None:

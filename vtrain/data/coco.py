@@ -23,7 +23,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from vtrain.data.images import CorruptImageError, ImageFileLoader
+from vtrain.data.counts import BOXES_DROPPED_DEGENERATE, BOXES_DROPPED_OFF_IMAGE, ScanCounts, log_left_out
+from vtrain.data.images import CorruptImageError, ImageFileLoader, check_image_size
 
 COCO_LAYOUT = """expected the COCO layout:
     <root>/annotations/instances_<split>2017.json
@@ -49,12 +50,28 @@ def _is_xywh(bbox: Any) -> bool:
     )
 
 
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_json_image_sizes(path: Path, images: list[dict]) -> None:
+    """Raise ValueError naming ``path`` unless every entry of its ``images`` has a positive integer
+    ``width`` and ``height``, which each image file is checked against when it is read."""
+    for image in images:
+        if not (_is_size(image.get("width")) and _is_size(image.get("height"))):
+            raise ValueError(
+                f"{path}: image {image['id']!r} needs a positive integer 'width' and 'height' (the size of "
+                f"its file, which is checked against them), found {image.get('width')!r} and "
+                f"{image.get('height')!r}"
+            )
+
+
 def load_coco(annotation_file: str | Path) -> COCO:
     """A pycocotools index of a COCO instances file, after checking what the loader relies on.
 
     Raises ValueError naming the file for invalid JSON, a missing or empty top-level list, an entry without
-    the fields the loader reads, or an annotation whose bbox is not [x, y, w, h] or whose image / category
-    id is not declared in the file.
+    the fields the loader reads, an annotation whose bbox is not [x, y, w, h] or whose image / category
+    id is not declared in the file, or an image without a positive integer width and height.
     """
     path = Path(annotation_file)
     try:
@@ -89,6 +106,7 @@ def load_coco(annotation_file: str | Path) -> COCO:
             )
         if problem:
             raise ValueError(f"{path}: annotation {annotation['id']!r}: {problem}")
+    check_json_image_sizes(path, content["images"])
     coco = COCO()
     coco.dataset = content
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -111,18 +129,21 @@ class CocoDetection(Dataset):
 
     A sample is ``(image, target)``: the RGB PIL image (before ``transform``) and a dict with
         boxes      ``tv_tensors.BoundingBoxes`` [N, 4] float32, XYXY in pixels of the image, clipped to it;
-                   annotations whose box has no area after clipping are left out.
+                   annotations whose box has no area after clipping are left out, counted in
+                   ``scan_counts`` as degenerate (width or height <= 0) or off the image, and logged.
         labels     [N] int64 category ids.
         area       [N] float32, the annotation's ``area`` (of its segmentation) in original pixels.
         iscrowd    [N] int64.
         image_id   int, the COCO image id.
         orig_size  [2] int64 (h, w) of the image file; ``size`` the same until a transform changes it.
-    Images without annotations are kept, with N = 0.
+    Images without annotations are kept, with N = 0. Reading an image whose size differs from the file's
+    ``width`` and ``height`` raises ImageSizeError naming both (its boxes and masks would be misplaced).
 
     Attributes:
         coco: the pycocotools index, ``ids`` the image ids in sample order (sorted),
         categories: {category id: name}; ``category_names`` the names by label ("N/A" for unused ids);
-        num_classes: max category id + 1; ``annotation_file`` and ``image_folder`` the paths read.
+        num_classes: max category id + 1; ``annotation_file`` and ``image_folder`` the paths read;
+        scan_counts: the annotations left out of the targets (see ``vtrain.data.counts``).
     """
 
     def __init__(
@@ -153,30 +174,57 @@ class CocoDetection(Dataset):
         self.num_classes = max(self.categories) + 1
         self.category_names = [self.categories.get(label, "N/A") for label in range(self.num_classes)]
         self.loader = ImageFileLoader(skip_corrupt)
+        self.scan_counts = self._count_dropped_boxes()
+
+    def _count_dropped_boxes(self) -> ScanCounts:
+        """The annotations that ``target`` leaves out, found once from the file's image sizes (which every
+        image read is checked against), and logged."""
+        annotations = [a for image_id in self.ids for a in self.annotations(image_id)]
+        xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        images = [self.coco.imgs[a["image_id"]] for a in annotations]
+        heights = torch.tensor([image["height"] for image in images])
+        widths = torch.tensor([image["width"] for image in images])
+        _, keep = clip_boxes(xywh, heights, widths)
+        degenerate = (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0)
+        source = str(self.annotation_file)
+        counts = {}
+        for key, dropped, reason in (
+            (BOXES_DROPPED_DEGENERATE, ~keep & degenerate, "annotations whose box has no width or height"),
+            (BOXES_DROPPED_OFF_IMAGE, ~keep & ~degenerate, "annotations whose box lies outside its image"),
+        ):
+            ids = [f"annotation {annotations[i]['id']}" for i in dropped.nonzero().flatten().tolist()]
+            counts[key] = log_left_out(source, key, ids, reason)
+        return ScanCounts(source, counts)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> tuple[Any, Target] | None:
         image_id = self.ids[index]
-        image = self.loader(self.image_folder / self.coco.imgs[image_id]["file_name"])
+        info = self.coco.imgs[image_id]
+        path = self.image_folder / info["file_name"]
+        image = self.loader(path)
         if image is None:
             return None
+        source = f"{self.annotation_file} (image id {image_id})"
+        check_image_size(path, image, info["width"], info["height"], source)
         target = self.target(image_id, image.height, image.width)
         if self.transform is not None:
             return self.transform(image, target)
         return image, target
 
-    def target(self, image_id: int, height: int, width: int) -> Target:
-        """The target dict of image ``image_id`` (see the class docstring) for an image of that size."""
+    def annotations(self, image_id: int) -> list[dict]:
+        """The annotations of image ``image_id`` that targets are made of (crowds left out for ``train``)."""
         annotations = self.coco.imgToAnns[image_id]
         if self.train:
             annotations = [a for a in annotations if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes[:, 0::2].clamp_(min=0, max=width)
-        boxes[:, 1::2].clamp_(min=0, max=height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return annotations
+
+    def target(self, image_id: int, height: int, width: int) -> Target:
+        """The target dict of image ``image_id`` (see the class docstring) for an image of that size."""
+        annotations = self.annotations(image_id)
+        xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        boxes, keep = clip_boxes(xywh, height, width)
         size = torch.tensor([height, width])
         return {
             "boxes": tv_tensors.BoundingBoxes(boxes[keep], format="XYXY", canvas_size=(height, width)),
@@ -187,6 +235,17 @@ class CocoDetection(Dataset):
             "orig_size": size,
             "size": size.clone(),
         }
+
+
+def clip_boxes(
+    xywh: torch.Tensor, height: int | torch.Tensor, width: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO boxes ``xywh`` [N, 4] (x, y, w, h pixels) -> (XYXY [N, 4] clipped to [0, width] x [0, height],
+    keep [N] bool: the boxes with an area left). ``height`` and ``width``: the image's, or one per box [N]."""
+    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+    width, height = torch.as_tensor(width, dtype=boxes.dtype), torch.as_tensor(height, dtype=boxes.dtype)
+    boxes = torch.minimum(boxes.clamp(min=0), torch.stack([width, height, width, height], dim=-1))
+    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def _area(annotation: dict) -> float:

@@ -18,7 +18,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from vtrain.data.coco import CocoDetection, Target
+from vtrain.data.coco import CocoDetection, Target, clip_boxes
 from vtrain.data.detection import DetectionDataModule
 
 
@@ -37,14 +37,10 @@ class CocoInstanceSegmentation(CocoDetection):
 
     def target(self, image_id: int, height: int, width: int) -> Target:
         target = super().target(image_id, height, width)
-        annotations = self.coco.imgToAnns[image_id]
-        if self.train:
-            annotations = [a for a in annotations if not a.get("iscrowd", 0)]
+        annotations = self.annotations(image_id)
         # the same boxes CocoDetection keeps: non-empty after clipping to the image
-        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
-        x1, y1 = boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height)
-        x2, y2 = (boxes[:, 0] + boxes[:, 2]).clamp(0, width), (boxes[:, 1] + boxes[:, 3]).clamp(0, height)
-        keep = ((x2 > x1) & (y2 > y1)).tolist()
+        xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        keep = clip_boxes(xywh, height, width)[1].tolist()
         masks = [
             annotation_mask(self.coco, a, height, width) for a, k in zip(annotations, keep, strict=True) if k
         ]

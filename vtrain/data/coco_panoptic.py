@@ -25,9 +25,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from vtrain.data.coco import Target
+from vtrain.data.coco import Target, check_json_image_sizes
 from vtrain.data.detection import DetectionDataModule
-from vtrain.data.images import ImageFileLoader
+from vtrain.data.images import ImageFileLoader, ImageSizeError, check_image_size
 from vtrain.metrics.panoptic import read_segmentation
 
 PANOPTIC_LAYOUT = """expected the COCO panoptic layout:
@@ -47,6 +47,9 @@ class CocoPanoptic(Dataset):
             masks are ``tv_tensors.Mask``, so every geometric step moves them (nearest) with the image.
         train: leave crowd segments out of the targets (as DETR trains); False keeps them, flagged.
         skip_corrupt: an unreadable image makes the sample None instead of raising.
+
+    Reading an image whose size differs from the JSON's ``width`` and ``height``, or from its segment PNG,
+    raises ImageSizeError naming both.
 
     Segments that a transform leaves without pixels (cropped away inside a box that was kept, too thin for
     a downscale) are dropped from the transformed target.
@@ -103,6 +106,7 @@ class CocoPanoptic(Dataset):
                 f"{self.annotation_file}: images need 'id', annotations 'image_id', categories 'id', 'name' "
                 f"and 'isthing'; missing {error}"
             ) from error
+        check_json_image_sizes(self.annotation_file, content["images"])
         self.colors = {c["id"]: tuple(c.get("color", (128, 128, 128))) for c in content["categories"]}
         unknown = {s["category_id"] for a in content["annotations"] for s in a["segments_info"]} - set(
             self.categories
@@ -120,9 +124,13 @@ class CocoPanoptic(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Target] | None:
         image_id = self.ids[index]
-        image = self.loader(self.image_folder / self.images[image_id]["file_name"])
+        info = self.images[image_id]
+        path = self.image_folder / info["file_name"]
+        image = self.loader(path)
         if image is None:
             return None
+        source = f"{self.annotation_file} (image id {image_id})"
+        check_image_size(path, image, info["width"], info["height"], source)
         target = self.target(image_id, image.height, image.width)
         if self.transform is None:
             return image, target
@@ -149,9 +157,10 @@ class CocoPanoptic(Dataset):
         if segments:
             ids = torch.from_numpy(self.segmentation(image_id))
             if ids.shape != (height, width):
-                raise ValueError(
-                    f"{self.segmentation_folder}: the PNG of image {image_id} is {tuple(ids.shape)}, "
-                    f"its image {(height, width)}"
+                png = self.segmentation_folder / self.annotations[image_id]["file_name"]
+                raise ImageSizeError(
+                    f"{png}: the segment PNG of image {image_id} is {ids.shape[1]} x {ids.shape[0]} pixels "
+                    f"(width x height) but its image is {width} x {height}"
                 )
             masks = ids[None] == torch.tensor([s["id"] for s in segments])[:, None, None]
         else:

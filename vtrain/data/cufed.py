@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from vtrain.data.counts import FILES_SKIPPED_EXTENSION, ScanCounts, log_left_out
 from vtrain.data.images import ImageFileLoader
 from vtrain.data.loading import LoaderMixin, training_set
 from vtrain.data.tiny import build_tiny
@@ -81,8 +82,20 @@ def lr_sample(lr: Image.Image, ref: Image.Image) -> dict[str, torch.Tensor]:
     }
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path, skipped: list[Path]) -> list[Path]:
+    """The image files of ``folder`` by name; its other files are added to ``skipped``."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _scan_counts(root: Path, skipped: list[Path]) -> ScanCounts:
+    """The files of ``root`` skipped for their extension, logged once."""
+    names = [p.relative_to(root) for p in skipped]
+    reason = f"files without an image extension ({', '.join(IMAGE_SUFFIXES)})"
+    return ScanCounts(
+        str(root), {FILES_SKIPPED_EXTENSION: log_left_out(str(root), FILES_SKIPPED_EXTENSION, names, reason)}
+    )
 
 
 class CUFEDTrain(Dataset):
@@ -97,6 +110,8 @@ class CUFEDTrain(Dataset):
             degrees only for square HR images, so that a batch keeps one shape.
         crop_size: train on a random crop_size x crop_size window of each HR image (a multiple of 4;
             the reference stays whole); None: the whole image, as the official code does.
+
+    Files of ``input/`` and ``ref/`` without an image extension are left out, counted in ``scan_counts``.
     """
 
     def __init__(
@@ -106,7 +121,9 @@ class CUFEDTrain(Dataset):
         for sub in ("input", "ref"):
             if not (root / sub).is_dir():
                 raise FileNotFoundError(f"CUFED training set: expected folder {root / sub} (input/ and ref/)")
-        self.inputs, self.refs = _images(root / "input"), _images(root / "ref")
+        skipped: list[Path] = []
+        self.inputs, self.refs = _images(root / "input", skipped), _images(root / "ref", skipped)
+        self.scan_counts = _scan_counts(root, skipped)
         if len(self.inputs) != len(self.refs) or not self.inputs:
             raise ValueError(
                 f"CUFED training set under {root}: expected as many references as inputs (at least one), "
@@ -171,6 +188,8 @@ class CUFED5(Dataset):
         ref_level: 1 (most similar) .. 5 (least), or "lr": the LR image is its own reference
             (Urban100 / Sun80 style); then the HR images are the ``*_0.*`` files if there are any, else
             every image in the folder.
+
+    Files without an image extension are left out, counted in ``scan_counts``.
     """
 
     def __init__(self, root: str | Path, ref_level: int | str = 1) -> None:
@@ -180,7 +199,9 @@ class CUFED5(Dataset):
         self.ref_level = str(ref_level)
         if self.ref_level not in ("1", "2", "3", "4", "5", "lr"):
             raise ValueError(f"CUFED5: ref_level must be 1..5 or 'lr', found {ref_level!r}")
-        images = _images(self.root)
+        skipped: list[Path] = []
+        images = _images(self.root, skipped)
+        self.scan_counts = _scan_counts(self.root, skipped)
         self.inputs = [p for p in images if p.stem.endswith("_0")]
         if self.ref_level == "lr":
             self.inputs = self.inputs or images

@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from torchvision.datasets import DatasetFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from vtrain.data.counts import (
+    FILES_SKIPPED_EXTENSION,
+    IMAGES_WITHOUT_LABEL,
+    LABELS_WITHOUT_IMAGE,
+    ScanCounts,
+    log_left_out,
+)
 from vtrain.data.images import ImageFileLoader
 
 IMAGENET_WNIDS: tuple[str, ...] = tuple(Path(__file__).with_name("imagenet_wnids.txt").read_text().split())
@@ -37,6 +44,7 @@ IMAGENET_LAYOUT = """expected one of these layouts:
 or build a tiny stand-in: python -m vtrain.data.tiny --root DIR imagenet_tiny (then root=DIR/imagenet_tiny)"""
 
 _KAGGLE_DIR = Path("ILSVRC", "Data", "CLS-LOC")
+_NOT_IMAGES = f"files without an image extension ({', '.join(IMG_EXTENSIONS)})"
 
 
 def _detect_layout(root: Path) -> str:
@@ -71,6 +79,9 @@ class ImageNet(DatasetFolder):
     Attributes:
         classes: the 1000 wnids (the label space), ``class_to_idx`` their indices, ``samples`` the
             (path, class index) pairs found, ``layout`` "folders" or "kaggle".
+        scan_counts: what the scan left out (logged once, with examples): files without an image extension,
+            and for Kaggle val the images no row of ``LOC_val_solution.csv`` labels and the rows whose image
+            is absent (a partial copy).
     """
 
     def __init__(
@@ -88,6 +99,7 @@ class ImageNet(DatasetFolder):
         self.layout = _detect_layout(root)
         self.split = split
         self._solution_csv = None
+        self._left_out: dict[str, tuple[list[str], str]] = {}
         split_dir = root / split
         if self.layout == "kaggle":
             split_dir = root / _KAGGLE_DIR / split
@@ -109,6 +121,11 @@ class ImageNet(DatasetFolder):
             extensions=IMG_EXTENSIONS,
             transform=transform,
             allow_empty=True,
+        )
+        source = str(split_dir)
+        self.scan_counts = ScanCounts(
+            source,
+            {key: log_left_out(source, key, items, why) for key, (items, why) in self._left_out.items()},
         )
         if not self.samples:
             raise FileNotFoundError(
@@ -136,17 +153,29 @@ class ImageNet(DatasetFolder):
         is_valid_file: Callable[[str], bool] | None = None,
         allow_empty: bool = False,
     ) -> list[tuple[str, int]]:
-        """(path, class index) pairs: from the class folders, or for Kaggle val from LOC_val_solution.csv."""
-        if self._solution_csv is None:
-            return DatasetFolder.make_dataset(
-                directory, class_to_idx, extensions=extensions, is_valid_file=is_valid_file, allow_empty=True
-            )
-        return self._kaggle_val_samples(Path(directory), class_to_idx)
+        """(path, class index) pairs: from the class folders, or for Kaggle val from LOC_val_solution.csv;
+        what is left out goes to ``self._left_out``."""
+        if self._solution_csv is not None:
+            return self._kaggle_val_samples(Path(directory), class_to_idx)
+        skipped: list[str] = []
+
+        def is_image(path: str) -> bool:
+            if has_file_allowed_extension(path, IMG_EXTENSIONS):
+                return True
+            skipped.append(os.path.relpath(path, directory))
+            return False
+
+        samples = DatasetFolder.make_dataset(
+            directory, class_to_idx, is_valid_file=is_image, allow_empty=True
+        )
+        self._left_out[FILES_SKIPPED_EXTENSION] = (sorted(skipped), _NOT_IMAGES)
+        return samples
 
     def _kaggle_val_samples(self, directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
         """Labels of the flat Kaggle val folder; rows whose image is absent are left out (partial copies)."""
-        present = {entry.name for entry in os.scandir(directory)}
-        samples = []
+        present = {entry.name for entry in os.scandir(directory) if entry.is_file()}
+        images = {name for name in present if has_file_allowed_extension(name, IMG_EXTENSIONS)}
+        samples, absent = [], []
         with self._solution_csv.open(newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
@@ -164,6 +193,15 @@ class ImageNet(DatasetFolder):
                 name = f"{row['ImageId']}.JPEG"
                 if name in present:
                     samples.append((str(directory / name), class_to_idx[tokens[0]]))
+                else:
+                    absent.append(row["ImageId"])
+        labelled = {Path(path).name for path, _ in samples}
+        csv_name = self._solution_csv.name
+        self._left_out = {
+            FILES_SKIPPED_EXTENSION: (sorted(present - images), _NOT_IMAGES),
+            IMAGES_WITHOUT_LABEL: (sorted(images - labelled), f"images that no row of {csv_name} labels"),
+            LABELS_WITHOUT_IMAGE: (absent, f"rows of {csv_name} whose image <ImageId>.JPEG is absent"),
+        }
         return sorted(samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int] | None:

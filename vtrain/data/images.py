@@ -1,6 +1,7 @@
-"""What every data set that reads image files shares (ImageNet here; COCO, Cityscapes,
-CUFED later): opening an image as RGB, and skipping unreadable files when asked to, with a count of
-the skipped files that all DataLoader worker processes add to.
+"""What every data set that reads image files shares (ImageNet, COCO, Cityscapes, CUFED): opening an
+image as 8-bit RGB (16-bit images scaled down, not clipped), checking its size against its annotations,
+and skipping unreadable files when asked to, with a count of the skipped files that all DataLoader worker
+processes add to.
 
     loader = ImageFileLoader(skip_corrupt=True)
     image = loader(path)  # PIL RGB image, or None when the file cannot be decoded
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch.multiprocessing
 from PIL import Image
 from torch.utils.data import default_collate
@@ -24,16 +26,97 @@ log = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+# Modes that PIL converts to 8-bit RGB without losing their range: 8 bits (or fewer) per channel. PIL
+# already reduces 16-bit RGB(A) PNGs to these (keeping each value's high byte) when it decodes them.
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+# 16-bit grey; PIL's own ``convert("RGB")`` clips every value above 255, which turns the image almost white.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# PIL opens 16-bit grey PGM files (and, in older versions, PNG files) as 32-bit mode "I", values 0 .. 65535.
+_SIXTEEN_BIT_IN_I = frozenset({"PNG", "PPM"})
+
+
 class CorruptImageError(OSError):
     """An image file that cannot be decoded; the message names the file."""
 
 
+class UnsupportedImageError(ValueError):
+    """An image whose pixels have no defined 8-bit scaling (32-bit integer or float); names the file."""
+
+
+class ImageSizeError(ValueError):
+    """An image whose size differs from the one its annotations give; names both files and both sizes."""
+
+
+def to_rgb(image: Image.Image, path: str | Path) -> Image.Image:
+    """An opened image as 8-bit RGB.
+
+    8-bit (and palette, CMYK, ...) images convert as PIL converts them; 16-bit grey images are scaled to
+    8 bits (``value >> 8``, so ``v * 257`` gives back ``v``) rather than clipped at 255.
+
+    Raises:
+        UnsupportedImageError: naming ``path``, for 32-bit integer or float pixels ("I" from formats other
+            than PNG / PGM, "F"), whose range is not defined, and for modes PIL cannot convert.
+    """
+    if image.mode in _EIGHT_BIT_MODES:
+        return image.convert("RGB")
+    sixteen_bit = image.mode in _SIXTEEN_BIT_MODES or (
+        image.mode == "I" and image.format in _SIXTEEN_BIT_IN_I
+    )
+    if sixteen_bit:
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UnsupportedImageError(
+                f"cannot load {path}: expected 16-bit values in 0 .. 65535 for its mode {image.mode!r}, "
+                f"found {values.min()} .. {values.max()}"
+            )
+        return Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
+    kind = {"I": "32-bit integers", "F": "32-bit floats"}.get(image.mode, "of a kind PIL cannot make RGB")
+    raise UnsupportedImageError(
+        f"cannot load {path}: its pixels are {kind} (PIL mode {image.mode!r}), which have no defined "
+        "scaling to 8-bit RGB; expected an 8-bit or 16-bit image (convert the file, e.g. to a 16-bit PNG)"
+    )
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image file ``path`` as 8-bit RGB (see :func:`to_rgb`).
+
+    Raises:
+        CorruptImageError: naming the file, when it cannot be decoded.
+        UnsupportedImageError: naming the file, when its pixels cannot be scaled to 8 bits.
+    """
+    try:
+        image = Image.open(path)
+    except _DECODE_ERRORS as error:
+        raise CorruptImageError(f"cannot read image {path}: {error}") from error
+    with image:
+        try:
+            image.load()
+        except _DECODE_ERRORS as error:
+            raise CorruptImageError(f"cannot read image {path}: {error}") from error
+        return to_rgb(image, path)
+
+
+def check_image_size(path: str | Path, image: Image.Image, width: int, height: int, source: str) -> None:
+    """Raise ImageSizeError unless ``image`` (read from ``path``) is ``width`` x ``height`` pixels, the size
+    that ``source`` (e.g. "instances_train2017.json, image 42") gives it: annotations drawn for another size
+    would not line up with the pixels (boxes clipped wrongly, masks rasterised at the wrong size)."""
+    if image.size != (width, height):
+        raise ImageSizeError(
+            f"{path}: the image is {image.width} x {image.height} pixels (width x height) but {source} gives "
+            f"{width} x {height}; its annotations would not line up with the pixels. Correct the width and "
+            "height there, or replace the image with the one that was annotated"
+        )
+
+
 class ImageFileLoader:
-    """Opens an image file as an RGB PIL image.
+    """Opens an image file as an 8-bit RGB PIL image (:func:`open_rgb`).
 
     Args:
         skip_corrupt: when False an unreadable file raises CorruptImageError naming it; when True the
-            loader logs the file, returns None and adds one to ``skipped``.
+            loader logs the file, returns None and adds one to ``skipped``. Images whose pixels cannot be
+            scaled to 8 bits (UnsupportedImageError) always raise: they are not corrupt, only unusable.
 
     The counter is a ``torch.multiprocessing.Value`` in shared memory, so the increments made inside
     DataLoader worker processes are visible to the main process.
@@ -45,12 +128,11 @@ class ImageFileLoader:
 
     def __call__(self, path: str | Path) -> Image.Image | None:
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except _DECODE_ERRORS as error:
+            return open_rgb(path)
+        except CorruptImageError as error:
             if not self.skip_corrupt:
-                raise CorruptImageError(f"cannot read image {path}: {error}") from error
-            log.warning("skipping corrupt image %s: %s", path, error)
+                raise
+            log.warning("skipping corrupt image %s: %s", path, error.__cause__)
             with self._skipped.get_lock():
                 self._skipped.value += 1
             return None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from vtrain.data.counts import collect_counts, held_datasets
 from vtrain.data.sampler import SeededSamples, SeededShuffleSampler
 
 
@@ -83,6 +84,13 @@ class LoaderMixin:
             self.collate,
             type(self).__name__,
         )
+
+    def data_counts(self) -> dict[str, int]:
+        """What this module's data sets left out so far, by key (see :mod:`vtrain.data.counts`): files,
+        labels and boxes their readers skipped while indexing (once per annotation file or folder), and
+        ``data/corrupt_images_skipped`` (summed over DataLoader worker processes). Keys that none of the
+        data sets counts are absent; call after ``setup``, at the end of a run for the corrupt count."""
+        return collect_counts(held_datasets(self))
 
 
 def corrupt_images_skipped(*datasets: Dataset | None) -> int:
