@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtrain.checkpoint import fit_state_dict, load_checkpoint
 from vtrain.config import redact_secrets
+from vtrain.data.counts import report_counts
 from vtrain.runs import keep_wandb_run_id
 from vtrain.scaling import BatchPlan, apply_batch_plan
 
@@ -52,6 +53,12 @@ class Run:
     task: L.LightningModule
     plan: BatchPlan
     output_dir: Path
+
+    def data_counts(self) -> dict[str, float]:
+        """What the data sets left out (corrupt images skipped, boxes dropped, files of other types), as
+        metrics, each non-zero count also logged as a warning."""
+        counts = getattr(self.datamodule, "data_counts", None)
+        return report_counts(counts()) if counts else {}
 
     def info(self) -> dict[str, Any]:
         """What `metrics.json` records about the run besides its numbers."""

@@ -38,6 +38,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         metrics.update(scalars(results[0] if results else {}))
     results = run.trainer.test(run.task, datamodule=run.datamodule, verbose=False)
     metrics.update(scalars(results[0] if results else {}))
+    metrics.update(run.data_counts())
 
     if run.trainer.is_global_zero:
         paper = paper_results(run.cfg)

@@ -69,10 +69,7 @@ def train(cfg: DictConfig) -> float | None:
         results = trainer.test(task, datamodule=run.datamodule, verbose=False)
         metrics.update(scalars(results[0] if results else {}))
 
-    skipped = run.datamodule.corrupt_count() if hasattr(run.datamodule, "corrupt_count") else 0
-    if skipped:
-        metrics["data/corrupt_images_skipped"] = float(skipped)
-        log.warning("%d corrupt images were skipped (data.skip_corrupt=true); the log names them", skipped)
+    metrics.update(run.data_counts())
 
     best_score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     score = float(best_score) if best_score is not None else metrics.get(cfg.monitor)
