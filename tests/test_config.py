@@ -24,7 +24,9 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 # Experiments that need a value from the user to run (fine-tuning needs its pretrained weights).
 NEEDS = {
     "vit_b16_cifar10": ["pretrained=null"],
-    "detr_finetune_custom": ["pretrained=null", "data.root={coco_tiny}"],
+    "detr_coco": ["model.backbone_weights=scratch"],
+    "detr_finetune_custom": ["pretrained=null", "model.backbone_weights=scratch", "data.root={coco_tiny}"],
+    "detr_panoptic_coco": ["model.backbone_weights=scratch"],
 }
 
 
