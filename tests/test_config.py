@@ -27,6 +27,10 @@ NEEDS = {
     "detr_coco": ["model.backbone_weights=scratch"],
     "detr_finetune_custom": ["pretrained=null", "model.backbone_weights=scratch", "data.root={coco_tiny}"],
     "detr_panoptic_coco": ["model.backbone_weights=scratch"],
+    "maskrcnn_coco": ["model.backbone_weights=scratch"],
+    "fpt_maskrcnn_coco": ["model.backbone_weights=scratch"],
+    "fpn_cityscapes": ["model.backbone_weights=scratch"],
+    "fpt_cityscapes": ["model.backbone_weights=scratch"],
 }
 
 
