@@ -31,6 +31,8 @@ NEEDS = {
     "fpt_maskrcnn_coco": ["model.backbone_weights=scratch"],
     "fpn_cityscapes": ["model.backbone_weights=scratch"],
     "fpt_cityscapes": ["model.backbone_weights=scratch"],
+    "ttsr_cufed": ["model.vgg_weights=scratch"],
+    "ttsr_rec_cufed": ["model.vgg_weights=scratch"],
 }
 
 
