@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from tests.models.test_ttsr import official_keys as ttsr_official_keys
 from tests.models.test_vit import _jax_vit_arrays
+from vtrain.config import config_dir
 from vtrain.models.pretrained import (
     SCRATCH,
     MissingWeightsError,
@@ -132,6 +133,12 @@ def test_scratch_builds_the_model_from_a_random_initialisation(make_cfg, experim
 def test_from_scratch_and_tiny_experiments_need_no_file(make_cfg, experiment):
     cfg = make_cfg([f"experiment={experiment}", *_shrink(experiment)])
     assert isinstance(build(cfg), torch.nn.Module)
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (config_dir() / "model").glob("*.yaml")))
+def test_every_model_config_has_a_pretrained_key_for_create_model(make_cfg, model):
+    cfg = make_cfg([f"model={model}"])
+    assert cfg.model._target_ == "vtrain.create_model" and cfg.model.pretrained is None
 
 
 def test_a_required_file_that_does_not_exist_is_named_with_its_key(make_cfg, tmp_path):
