@@ -60,7 +60,7 @@ def detr_step(name: str, batch: int, device: torch.device, precision: str) -> Ca
     from vtrain.data.coco import pad_images
     from vtrain.models.detr import SetCriterion, detr_r50
 
-    model, criterion = detr_r50(), SetCriterion(num_classes=91).to(device)
+    model, criterion = detr_r50(backbone_weights="scratch"), SetCriterion(num_classes=91).to(device)
     sizes = [DETR_SIZES[i % len(DETR_SIZES)] for i in range(batch)]
     images, mask = pad_images([torch.randn(3, h, w) for h, w in sizes])
     images, mask = images.to(device), mask.to(device)

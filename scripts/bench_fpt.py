@@ -100,7 +100,9 @@ def neck_memory_mib(name: str, args: argparse.Namespace) -> float:
 def rcnn_step(name: str, args: argparse.Namespace, device: torch.device):
     import vtrain
 
-    model = vtrain.create_model(name, min_size=args.rcnn_size, max_size=int(args.rcnn_size * 1333 / 800))
+    model = vtrain.create_model(
+        name, backbone_weights="scratch", min_size=args.rcnn_size, max_size=int(args.rcnn_size * 1333 / 800)
+    )
     generator = torch.Generator().manual_seed(0)
     height, width = args.rcnn_size, int(args.rcnn_size * 1.5)
     images = [torch.rand(3, height, width, generator=generator, device="cpu").to(device)]

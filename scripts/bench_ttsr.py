@@ -52,7 +52,7 @@ def images(batch: int, hr: tuple[int, int], ref: tuple[int, int], device: torch.
 def inference(args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
     import vtrain
 
-    model = vtrain.create_model("ttsr").to(device).eval()
+    model = vtrain.create_model("ttsr", vgg_weights="scratch").to(device).eval()
     batch = images(1, HR_SIZE, HR_SIZE, device)
 
     @torch.no_grad()
@@ -76,7 +76,7 @@ def train(args: argparse.Namespace, device: torch.device, full: bool) -> Callabl
         transferal_perceptual_loss,
     )
 
-    model = vtrain.create_model("ttsr").to(device).train()
+    model = vtrain.create_model("ttsr", vgg_weights="scratch").to(device).train()
     lte = list(model.LTE.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("LTE.")]
     opt_g = torch.optim.Adam([{"params": rest}, {"params": lte, "lr": 1e-5}], lr=1e-4)

@@ -12,19 +12,34 @@ import zipfile
 import pytest
 import pytorch_lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import REPO, run_cli
 from vtrain.config import config_dir, redact_secrets
 from vtrain.data.tiny import build_tiny
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-# Experiments that need a value from the user to run (fine-tuning needs its pretrained weights).
+# Experiments that need a value from the user to run: the files their recipe starts from (`scratch` here;
+# see tests/models/test_pretrained_inputs.py) and a custom data set's root.
 NEEDS = {
-    "vit_b16_cifar10": ["pretrained=null"],
-    "detr_finetune_custom": ["pretrained=null", "data.root={coco_tiny}"],
+    "vit_b16_cifar10": ["model.pretrained=scratch"],
+    "detr_coco": ["model.backbone_weights=scratch"],
+    "detr_finetune_custom": [
+        "model.pretrained=scratch",
+        "model.backbone_weights=scratch",
+        "data.root={coco_tiny}",
+    ],
+    "detr_panoptic_coco": ["model.pretrained=scratch", "model.backbone_weights=scratch"],
+    "maskrcnn_coco": ["model.backbone_weights=scratch"],
+    "fpt_maskrcnn_coco": ["model.backbone_weights=scratch"],
+    "fpn_cityscapes": ["model.backbone_weights=scratch"],
+    "fpt_cityscapes": ["model.backbone_weights=scratch"],
+    "ttsr_cufed": ["model.vgg_weights=scratch"],
+    "ttsr_rec_cufed": ["model.vgg_weights=scratch"],
+    "igpt_cifar10_probe": ["model.pretrained=scratch"],
+    "igpt_cifar10_finetune": ["model.pretrained=scratch"],
 }
 
 
@@ -53,15 +68,17 @@ def test_experiment_composes_and_instantiates(make_cfg, data_dir, experiment):
 
 def test_custom_coco_num_classes_comes_from_the_annotation_file(make_cfg, data_dir):
     coco_tiny = build_tiny("coco_tiny", data_dir / "coco_tiny")
-    cfg = make_cfg(["experiment=detr_finetune_custom", "pretrained=null", f"data.root={coco_tiny}"])
+    cfg = make_cfg(["experiment=detr_finetune_custom", f"data.root={coco_tiny}"])
     assert cfg.data.num_classes == cfg.model.num_classes == cfg.task.criterion.num_classes == 11
     with pytest.raises(Exception, match="instances_train2017.json"):
-        OmegaConf.resolve(make_cfg(["experiment=detr_finetune_custom", "pretrained=null", "data.root=/nope"]))
+        OmegaConf.resolve(make_cfg(["experiment=detr_finetune_custom", "data.root=/nope"]))
 
 
 def test_finetuning_requires_pretrained_weights(make_cfg):
     cfg = make_cfg(["experiment=vit_b16_cifar10"])
-    with pytest.raises(MissingMandatoryValue, match="pretrained"):
+    with pytest.raises(
+        InstantiationException, match=r"model\.pretrained is required: .*model\.pretrained=scratch"
+    ):
         instantiate(cfg.model)
 
 

@@ -69,7 +69,10 @@ def test_vit_legacy_exporter_fixed_batch_and_resampled_size(tmp_path: Path) -> N
 
 def test_detr_onnx_with_padding_mask_matches_eager(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    spec = inference_spec(create_model("detr_tiny", num_classes=5, enc_layers=1, dec_layers=1), DETR_SIZE)
+    spec = inference_spec(
+        create_model("detr_tiny", backbone_weights="scratch", num_classes=5, enc_layers=1, dec_layers=1),
+        DETR_SIZE,
+    )
     path = tmp_path / "detr.onnx"
     export_model(spec, path, "onnx", batch_size=1, dynamic_batch=True)
     assert input_shapes(path) == {"images": ["batch", 3, *DETR_SIZE], "mask": ["batch", *DETR_SIZE]}
@@ -96,7 +99,7 @@ def test_detr_onnx_with_padding_mask_matches_eager(tmp_path: Path) -> None:
 
 def test_detr_torchscript_from_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    trained = create_model("detr_tiny", num_classes=3, enc_layers=1, dec_layers=1)
+    trained = create_model("detr_tiny", backbone_weights="scratch", num_classes=3, enc_layers=1, dec_layers=1)
     config = {
         "_target_": "vtrain.create_model",
         "name": "detr_tiny",

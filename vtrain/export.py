@@ -64,6 +64,7 @@ from torch import nn
 from vtrain.checkpoint import fit_state_dict, load_checkpoint
 from vtrain.models import create_model
 from vtrain.models.detr import DETR
+from vtrain.models.pretrained import replaced_by_checkpoint
 from vtrain.models.vit import VisionTransformer
 
 logger = logging.getLogger("vtrain.export")  # not "__main__" under python -m
@@ -174,8 +175,9 @@ def model_from_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Rebuild the network of a vtrain Lightning checkpoint from its stored config and load its weights.
 
     The file (read with ``weights_only=True``) must hold ``vtrain_config`` (the run config, with a ``model``
-    node) and ``state_dict`` (the task's, network keys under ``model.``). ``pretrained`` and
-    ``backbone_weights`` of the stored config are ignored: the weights come from the checkpoint.
+    node) and ``state_dict`` (the task's, network keys under ``model.``). The weights files of the stored
+    config (``pretrained``, ``backbone_weights``, ``vgg_weights``) are ignored: the weights come from the
+    checkpoint.
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -199,9 +201,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> nn.Module:
         )
     model_config = dict(config["model"])
     _check_targets(model_config, path)
-    for key in ("pretrained", "backbone_weights"):
-        if key in model_config:
-            model_config[key] = None
+    model_config = replaced_by_checkpoint(model_config)
     try:
         model = instantiate(model_config)
     except Exception as e:

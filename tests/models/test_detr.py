@@ -70,7 +70,7 @@ def _randomize_frozen_bn(model: torch.nn.Module, seed: int = 0) -> None:
 )
 def test_preset_parameter_counts(name, total, trained):
     with torch.device("meta"):
-        model = PRESETS[name]()
+        model = PRESETS[name](backbone_weights="scratch")
     assert sum(p.numel() for p in model.parameters()) == total
     # the stem and layer1 are frozen; BatchNorm statistics and affine terms are buffers, not parameters
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trained
@@ -78,7 +78,7 @@ def test_preset_parameter_counts(name, total, trained):
 
 def test_official_module_names_and_frozen_layers():
     with torch.device("meta"):
-        model = create_model("detr_r50")
+        model = create_model("detr_r50", backbone_weights="scratch")
     keys = model.state_dict().keys()
     assert len(keys) == 458  # as the official detr_resnet50
     for key in (
@@ -100,17 +100,19 @@ def test_official_module_names_and_frozen_layers():
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("backbone.0.body.conv1", "backbone.0.body.layer1")) for n in trained)
     assert "backbone.0.body.layer2.0.conv1.weight" in trained and "class_embed.weight" in trained
-    frozen = detr_tiny(train_backbone=False)
+    frozen = detr_tiny(backbone_weights="scratch", train_backbone=False)
     assert not any(p.requires_grad for n, p in frozen.named_parameters() if n.startswith("backbone."))
-    assert "transformer.encoder.norm.weight" in detr_tiny(pre_norm=True).state_dict()
+    assert (
+        "transformer.encoder.norm.weight" in detr_tiny(backbone_weights="scratch", pre_norm=True).state_dict()
+    )
     assert {"backbone.1.row_embed.weight", "backbone.1.col_embed.weight"} <= set(
-        detr_tiny(position_embedding="learned").state_dict()
+        detr_tiny(backbone_weights="scratch", position_embedding="learned").state_dict()
     )
 
 
 def test_registry_and_output_shapes():
     assert set(list_models("detr_*")) == set(PRESETS)
-    model = create_model("detr_tiny", num_classes=5).eval()
+    model = create_model("detr_tiny", backbone_weights="scratch", num_classes=5).eval()
     images, mask = pad_images([torch.randn(3, 64, 96), torch.randn(3, 96, 64)])
     with torch.no_grad():
         out = model(images, mask)
@@ -118,7 +120,7 @@ def test_registry_and_output_shapes():
     assert out["pred_boxes"].min() > 0 and out["pred_boxes"].max() < 1
     assert len(out["aux_outputs"]) == 1 and out["aux_outputs"][0]["pred_boxes"].shape == (2, 20, 4)
     with torch.no_grad():
-        assert "aux_outputs" not in detr_tiny(aux_loss=False).eval()(images)
+        assert "aux_outputs" not in detr_tiny(backbone_weights="scratch", aux_loss=False).eval()(images)
 
 
 def test_backbone_loads_torchvision_weights_and_matches_resnet(tmp_path):
@@ -320,7 +322,7 @@ def test_matches_transformers_detr(overrides, hf_overrides):
 
 def test_loads_official_and_lightning_checkpoints(tmp_path):
     torch.manual_seed(0)
-    source = detr_tiny().eval()
+    source = detr_tiny(backbone_weights="scratch").eval()
     _randomize_frozen_bn(source)
     official = tmp_path / "detr-official.pth"
     torch.save({"model": source.state_dict()}, official)
@@ -348,10 +350,10 @@ def test_loads_official_and_lightning_checkpoints(tmp_path):
 
 
 def test_class_head_mismatch_is_skipped_with_a_warning(tmp_path, caplog):
-    source = detr_tiny()
+    source = detr_tiny(backbone_weights="scratch")
     path = tmp_path / "coco.pth"
     torch.save({"model": source.state_dict()}, path)
-    target = detr_tiny(num_classes=3)
+    target = detr_tiny(backbone_weights="scratch", num_classes=3)
     head = target.class_embed.weight.detach().clone()
     with caplog.at_level(logging.WARNING):
         load_detr_checkpoint(target, path)
@@ -361,25 +363,25 @@ def test_class_head_mismatch_is_skipped_with_a_warning(tmp_path, caplog):
 
 
 def test_checkpoint_errors_name_file_and_keys(tmp_path):
-    state = detr_tiny().state_dict()
+    state = detr_tiny(backbone_weights="scratch").state_dict()
     wrong_width = tmp_path / "wide.pth"
     torch.save({"model": {**state, "query_embed.weight": torch.zeros(20, 32)}}, wrong_width)
     with pytest.raises(
         ValueError, match=r"wide\.pth does not fit DETR: mis-shaped keys 'query_embed\.weight"
     ):
-        load_detr_checkpoint(detr_tiny(), wrong_width)
+        load_detr_checkpoint(detr_tiny(backbone_weights="scratch"), wrong_width)
     partial = tmp_path / "partial.pth"
     torch.save({"model": {k: v for k, v in state.items() if k != "input_proj.bias"}}, partial)
     with pytest.raises(ValueError, match=r"partial\.pth .*missing keys 'input_proj\.bias'"):
-        load_detr_checkpoint(detr_tiny(), partial)
-    load_detr_checkpoint(detr_tiny(), partial, strict=False)
+        load_detr_checkpoint(detr_tiny(backbone_weights="scratch"), partial)
+    load_detr_checkpoint(detr_tiny(backbone_weights="scratch"), partial, strict=False)
     training = tmp_path / "checkpoint.pth"  # official main.py saves its argparse Namespace too
     torch.save({"model": state, "args": Namespace(lr=1e-4)}, training)
-    load_detr_checkpoint(detr_tiny(), training)
+    load_detr_checkpoint(detr_tiny(backbone_weights="scratch"), training)
     pickled_code = tmp_path / "code.pth"
     torch.save({"model": state, "hook": _NotAState()}, pickled_code)
     with pytest.raises(ValueError, match=r"refusing to load .*code\.pth.*_NotAState"):
-        load_detr_checkpoint(detr_tiny(), pickled_code)
+        load_detr_checkpoint(detr_tiny(backbone_weights="scratch"), pickled_code)
 
 
 class _NotAState:
@@ -515,7 +517,7 @@ def test_criterion_num_boxes_clamped_and_averaged_over_ranks(monkeypatch):
 
 def test_criterion_aux_losses_and_weight_dict():
     torch.manual_seed(0)
-    model = detr_tiny(num_classes=4).eval()
+    model = detr_tiny(backbone_weights="scratch", num_classes=4).eval()
     set_criterion = SetCriterion(num_classes=4, dec_layers=2)
     assert set_criterion.weight_dict == {
         "loss_ce": 1,
@@ -585,7 +587,7 @@ def one_thread():
 def test_tiny_detr_overfits_two_images(one_thread):
     torch.manual_seed(0)
     # a frozen random backbone keeps the step cheap; the transformer and heads learn from its features
-    model = detr_tiny(num_classes=4, dropout=0.0, train_backbone=False)
+    model = detr_tiny(backbone_weights="scratch", num_classes=4, dropout=0.0, train_backbone=False)
     set_criterion = SetCriterion(num_classes=4, dec_layers=2)
     images, mask = pad_images([torch.randn(3, 64, 64), torch.randn(3, 32, 64)])
     targets = _targets(

@@ -59,7 +59,7 @@ def test_presets_are_registered_and_official_module_names():
         "detr_r101_panoptic",
         "detr_tiny_panoptic",
     }
-    model = create_model("detr_tiny_panoptic")
+    model = create_model("detr_tiny_panoptic", backbone_weights="scratch")
     assert isinstance(model, DETRPanoptic) and model.num_classes == 250
     keys = model.state_dict()
     assert "detr.class_embed.weight" in keys and keys["detr.class_embed.weight"].shape[0] == 251
@@ -73,7 +73,7 @@ def test_presets_are_registered_and_official_module_names():
 
 
 def test_freeze_detr_trains_the_mask_head_only():
-    model = create_model("detr_tiny_panoptic", num_classes=11, freeze_detr=True)
+    model = create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=11, freeze_detr=True)
     trained = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trained == {"bbox_attention", "mask_head"}
 
@@ -127,7 +127,7 @@ def test_matches_transformers_detr_for_segmentation_and_loads_its_weights_as_off
 
 def test_panoptic_and_detection_checkpoints_load(tmp_path, caplog):
     torch.manual_seed(0)
-    source = create_model("detr_tiny_panoptic", num_classes=11).eval()
+    source = create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=11).eval()
     _randomize_frozen_bn(source)
     path = tmp_path / "panoptic.pth"
     torch.save({"model": source.state_dict()}, path)
@@ -139,10 +139,10 @@ def test_panoptic_and_detection_checkpoints_load(tmp_path, caplog):
     for key in ("pred_logits", "pred_boxes", "pred_masks"):
         assert torch.equal(actual[key], expected[key]), key
 
-    detection = detr_tiny(num_classes=11)
+    detection = detr_tiny(backbone_weights="scratch", num_classes=11)
     detection_path = tmp_path / "detection.pth"
     torch.save({"model": detection.state_dict()}, detection_path)
-    target = create_model("detr_tiny_panoptic", num_classes=11)
+    target = create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=11)
     head = target.mask_head.lay1.weight.detach().clone()
     with caplog.at_level(logging.WARNING):
         load_detr_checkpoint(target, detection_path)
@@ -150,7 +150,7 @@ def test_panoptic_and_detection_checkpoints_load(tmp_path, caplog):
     assert torch.equal(target.detr.class_embed.weight, detection.class_embed.weight)
     assert torch.equal(target.mask_head.lay1.weight, head)
 
-    other_classes = create_model("detr_tiny_panoptic", num_classes=3)
+    other_classes = create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=3)
     with caplog.at_level(logging.WARNING):
         load_detr_checkpoint(other_classes, path)
     assert "class_embed.weight is (12, 64) in the checkpoint but (4, 64)" in caplog.text
@@ -241,7 +241,14 @@ def test_mask_head_on_a_frozen_detr_learns_per_query_masks(data_dir, one_thread)
     dataset = CocoPanoptic(root, "train", transform=build_detr_transforms(False, eval_size=64, max_size=100))
     images, mask, targets = collate_detection([dataset[0], dataset[1]])
     torch.manual_seed(0)
-    model = create_model("detr_tiny_panoptic", num_classes=18, num_queries=8, freeze_detr=True, dropout=0.0)
+    model = create_model(
+        "detr_tiny_panoptic",
+        backbone_weights="scratch",
+        num_classes=18,
+        num_queries=8,
+        freeze_detr=True,
+        dropout=0.0,
+    )
     criterion = PanopticSetCriterion(num_classes=18, dec_layers=2)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     dice = []

@@ -142,12 +142,12 @@ def test_parameter_counts():
 def test_maskrcnn_r50_is_torchvisions_and_fpt_adds_the_neck():
     # without ImageNet weights torchvision trains BatchNorm: compare with frozen_bn=False
     reference = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    ours = vtrain.create_model("maskrcnn_r50", frozen_bn=False)
+    ours = vtrain.create_model("maskrcnn_r50", backbone_weights="scratch", frozen_bn=False)
     assert ours.state_dict().keys() == reference.state_dict().keys()
     assert _count(ours) == _count(reference) == 44_454_513
     # the recipe's frozen BatchNorm keeps its affine terms as buffers: torchvision's documented 44,401,393
-    assert _count(vtrain.create_model("maskrcnn_r50")) == 44_401_393
-    with_fpt = vtrain.create_model("fpt_maskrcnn_r50")
+    assert _count(vtrain.create_model("maskrcnn_r50", backbone_weights="scratch")) == 44_401_393
+    with_fpt = vtrain.create_model("fpt_maskrcnn_r50", backbone_weights="scratch")
     assert _count(with_fpt) == 44_401_393 + 24_400_896
     assert {k for k in with_fpt.state_dict() if k not in reference.state_dict()} == {
         f"backbone.fpt.{k}" for k in FeaturePyramidTransformer(256, 4).state_dict()
@@ -156,7 +156,7 @@ def test_maskrcnn_r50_is_torchvisions_and_fpt_adds_the_neck():
 
 def test_a_tiny_fpt_maskrcnn_trains_and_predicts():
     torch.manual_seed(0)
-    model = vtrain.create_model("fpt_maskrcnn_tiny", num_classes=5)
+    model = vtrain.create_model("fpt_maskrcnn_tiny", backbone_weights="scratch", num_classes=5)
     images = [torch.rand(3, 96, 128), torch.rand(3, 128, 112)]
     masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
     masks[0, 20:60, 30:90] = 1
@@ -186,14 +186,14 @@ def test_a_tiny_fpt_maskrcnn_trains_and_predicts():
 
 def test_checkpoint_round_trip_and_fpn_weights_into_fpt(tmp_path):
     torch.manual_seed(0)
-    fpn = vtrain.create_model("maskrcnn_tiny", num_classes=5)
+    fpn = vtrain.create_model("maskrcnn_tiny", backbone_weights="scratch", num_classes=5)
     path = tmp_path / "fpn.pt"
     torch.save(fpn.state_dict(), path)
     fpt = vtrain.create_model("fpt_maskrcnn_tiny", num_classes=5, pretrained=path)
     for key, value in fpn.state_dict().items():
         torch.testing.assert_close(fpt.state_dict()[key], value)
     # another number of classes: the class-dependent heads stay initialised, the rest loads
-    other = vtrain.create_model("fpt_maskrcnn_tiny", num_classes=3)
+    other = vtrain.create_model("fpt_maskrcnn_tiny", backbone_weights="scratch", num_classes=3)
     load_pretrained(other, path)
     torch.testing.assert_close(
         other.backbone.fpn.inner_blocks[0][0].weight, fpn.backbone.fpn.inner_blocks[0][0].weight
@@ -202,7 +202,7 @@ def test_checkpoint_round_trip_and_fpn_weights_into_fpt(tmp_path):
 
 @pytest.mark.parametrize("name", ["fpt_semseg_tiny", "fpn_semseg_tiny"])
 def test_segmentation_model_gives_logits_at_input_size(name):
-    model = vtrain.create_model(name, num_classes=7)
+    model = vtrain.create_model(name, backbone_weights="scratch", num_classes=7)
     logits = model(torch.randn(2, 3, 75, 101))
     assert logits.shape == (2, 7, 75, 101)
     logits.logsumexp(1).mean().backward()

@@ -89,7 +89,7 @@ def test_an_oracle_scores_ap_one_and_its_boxes_are_drawn(data_dir, tmp_path):
 
 
 def test_backbone_gets_its_own_learning_rate_and_frozen_layers_are_left_out():
-    task = _task(detr_tiny(num_classes=11), backbone_lr=1e-5)
+    task = _task(detr_tiny(backbone_weights="scratch", num_classes=11), backbone_lr=1e-5)
     rest, backbone = task.param_groups()
     assert backbone["lr"] == 1e-5 and "lr" not in rest
     assert rest["weight_decay"] == backbone["weight_decay"] == 1e-4
@@ -121,7 +121,7 @@ def _scores(results: dict[int, list[dict]]) -> torch.Tensor:
 def test_unpadded_evaluation_equals_one_image_per_batch_and_padding_changes_predictions(data_dir, tmp_path):
     torch.manual_seed(0)
     task = DetectionTask(
-        detr_tiny(num_classes=11),
+        detr_tiny(backbone_weights="scratch", num_classes=11),
         SetCriterion(num_classes=11, dec_layers=2),
         PostProcess(),
         functools.partial(torch.optim.AdamW, lr=1e-4),

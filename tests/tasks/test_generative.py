@@ -148,6 +148,7 @@ def test_probe_experiment_tests_a_pretrained_model(make_cfg, tmp_path):
             "data=cifar10_pixels_tiny",
             "model=igpt_tiny",
             "model.num_classes=10",
+            "model.pretrained=scratch",
         ],
     ],
     ids=["bert", "finetune"],

@@ -154,7 +154,7 @@ def test_tiny_panoptic_experiment_trains_its_loss_falls(make_cfg, tmp_path):
 
 def test_mask_head_gets_its_own_learning_rate():
     task = PanopticTask(
-        create_model("detr_tiny_panoptic", num_classes=11),
+        create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=11),
         PanopticSetCriterion(num_classes=11, dec_layers=2),
         PostProcessPanoptic(),
         functools.partial(torch.optim.AdamW, lr=1e-4),

@@ -15,6 +15,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchvision.utils import save_image
 
 from vtrain.metrics.sr import sr_metrics
+from vtrain.models.pretrained import optional_weights, require_weights
 from vtrain.models.ttsr.losses import (
     PerceptualLoss,
     critic_loss,
@@ -22,6 +23,7 @@ from vtrain.models.ttsr.losses import (
     reconstruction_loss,
     transferal_perceptual_loss,
 )
+from vtrain.models.ttsr.model import VGG19_EXPECTED
 from vtrain.tasks.common import OptimizerFactory
 
 Batch = dict[str, Any]
@@ -45,7 +47,8 @@ class SuperResolutionTask(L.LightningModule):
         gan_k: critic updates per generator update (paper: 2).
         gp_weight: gradient penalty weight (paper: 10).
         tpl_use_soft_attention, tpl_kind: transferal perceptual loss options (official: False, "l2").
-        vgg_weights: torchvision VGG19 ImageNet file for the perceptual loss (None: random, warned).
+        vgg_weights: torchvision VGG19 ImageNet file for the perceptual loss; required for training with
+            ``per_weight > 0`` (``"scratch"``: a random VGG19), not for evaluation.
         lr_decay_epochs, lr_decay_gamma: multiply both learning rates of the generator by ``gamma`` every
             ``lr_decay_epochs`` epochs after the warm-up (official: no decay, None).
         y_border, rgb_border: pixels cropped on each side for the Y and RGB metrics (paper: Y, 0).
@@ -95,12 +98,19 @@ class SuperResolutionTask(L.LightningModule):
         self.discriminator_optimizer = discriminator_optimizer
         self.gan_k, self.gp_weight = gan_k, gp_weight
         self.tpl_use_soft_attention, self.tpl_kind = tpl_use_soft_attention, tpl_kind
-        self.perceptual = PerceptualLoss(vgg_weights) if per_weight > 0 else None
+        # The perceptual loss compares ImageNet VGG19 features: training requires the file (checked in
+        # `setup`, so that evaluation, which never computes the loss, does not).
+        self.vgg_weights = vgg_weights
+        self.perceptual = PerceptualLoss(optional_weights(vgg_weights)) if per_weight > 0 else None
         self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
         self.y_border, self.rgb_border = y_border, rgb_border
         self.num_pictures = num_pictures
         # running means of the evaluation metrics, keyed by logged name (created as levels appear)
         self._means: dict[str, MeanMetric] = {}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.perceptual is not None:
+            require_weights(self.vgg_weights, "task.vgg_weights", f"{VGG19_EXPECTED} for the perceptual loss")
 
     def forward(self, batch: Batch) -> Any:
         """The model's output (``TTSROutput``) for a batch of ``lr``, ``lr_up``, ``ref``, ``ref_down_up``."""

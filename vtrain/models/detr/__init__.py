@@ -30,6 +30,8 @@ from vtrain.models.detr.transformer import Transformer
 
 load_pretrained = load_detr_checkpoint
 PRESETS = {**PRESETS, **PANOPTIC_PRESETS}
+# the presets require an ImageNet backbone file; a full DETR checkpoint replaces it
+STARTING_WEIGHTS = ("backbone_weights",)
 
 __all__ = [
     "DETR",
@@ -37,6 +39,7 @@ __all__ = [
     "MHAttentionMap",
     "MLP",
     "PRESETS",
+    "STARTING_WEIGHTS",
     "Backbone",
     "BackboneWithPositionEncoding",
     "HungarianMatcher",

@@ -18,6 +18,7 @@ from torch import nn
 from vtrain.models.detr.backbone import Backbone, BackboneWithPositionEncoding
 from vtrain.models.detr.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from vtrain.models.detr.transformer import Transformer
+from vtrain.models.pretrained import require_weights, torchvision_imagenet
 
 
 class MLP(nn.Module):
@@ -46,7 +47,8 @@ class DETR(nn.Module):
         num_queries: N, object queries = most objects detected per image (100 for COCO).
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
         dilation: DC5 backbone (last stage dilated, features at stride 16).
-        backbone_weights: torchvision-format ImageNet weights file for the backbone; None keeps it random.
+        backbone_weights: torchvision-format ImageNet weights file for the backbone; None keeps it random
+            (the presets require it: see ``_detr``).
         train_backbone: False freezes the whole backbone (with frozen_bn the stem and ``layer1`` always are).
         frozen_bn: the paper's FrozenBatchNorm2d backbone; False trains BatchNorm2d and every stage (for
             training without ImageNet weights; see :class:`Backbone`).
@@ -141,8 +143,24 @@ class DETR(nn.Module):
 
 
 def _detr(overrides: dict, **preset) -> DETR:
-    """Build a preset; ``overrides`` may replace any constructor argument, the preset's included."""
-    return DETR(**{**preset, **overrides})
+    """Build a preset; ``overrides`` may replace any constructor argument, the preset's included.
+
+    ``backbone_weights`` is required (the paper's backbone starts from ImageNet): a torchvision ImageNet
+    ResNet file, or ``"scratch"`` for a random one.
+    """
+    args = {**preset, **overrides}
+    args["backbone_weights"] = require_weights(
+        args.get("backbone_weights"),
+        "model.backbone_weights",
+        torchvision_imagenet(args["backbone"]),
+        # a random stem and layer1 under frozen BatchNorm would never train
+        scratch_note=(
+            " (with model.frozen_bn=false, so that BatchNorm, the stem and layer1 train)"
+            if args.get("frozen_bn", True)
+            else ""
+        ),
+    )
+    return DETR(**args)
 
 
 def detr_r50(**overrides) -> DETR:

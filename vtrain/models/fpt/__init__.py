@@ -15,9 +15,12 @@ from vtrain.models.fpt.segmentation import SEGMENTATION_PRESETS, FPTSegmentation
 
 PRESETS = {**RCNN_PRESETS, **SEGMENTATION_PRESETS}
 load_pretrained = load_fpt_checkpoint
+# the presets require an ImageNet backbone file; a full checkpoint replaces it
+STARTING_WEIGHTS = ("backbone_weights",)
 
 __all__ = [
     "PRESETS",
+    "STARTING_WEIGHTS",
     "BackboneWithFPT",
     "FPTSegmentation",
     "FeaturePyramidTransformer",

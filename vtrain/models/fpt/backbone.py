@@ -17,9 +17,19 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from vtrain.checkpoint import fit_state_dict, read_state_dict
 from vtrain.models.fpt.fpt import FeaturePyramidTransformer
+from vtrain.models.pretrained import require_weights, torchvision_imagenet
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def require_backbone_weights(overrides: dict, name: str, scratch_note: str = "") -> dict:
+    """``overrides`` of a preset on the ResNet ``name`` with ``backbone_weights`` checked: the presets start
+    from an ImageNet ResNet file (required), or from a random one with ``"scratch"``."""
+    weights = require_weights(
+        overrides.get("backbone_weights"), "model.backbone_weights", torchvision_imagenet(name), scratch_note
+    )
+    return {**overrides, "backbone_weights": weights}
 
 
 class BackboneWithFPT(nn.Module):

@@ -9,7 +9,7 @@ import os
 
 from torch import nn
 
-from vtrain.checkpoint import fit_state_dict, read_state_dict
+from vtrain.checkpoint import fit_state_dict, format_keys, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 def load_fpt_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = False) -> nn.Module:
     """Load ``path`` into ``model`` and return it.
 
-    The FPT (``backbone.fpt.*``) may be missing from the file (an FPN-only checkpoint); any other missing or
-    unexpected key raises when ``strict``. Class-dependent heads whose shape differs (another number of
-    classes) are left initialised with a warning; other mis-shaped keys raise, naming the file.
+    The FPT (``backbone.fpt.*``) may be missing from the file (an FPN-only checkpoint: it stays freshly
+    initialised, with a warning); any other missing or unexpected key raises when ``strict``.
+    Class-dependent heads whose shape differs (another number of classes) are left initialised with a
+    warning; other mis-shaped keys raise, naming the file.
     """
     state_dict = dict(read_state_dict(path))
     expected = model.state_dict()
+    if not any(key in expected for key in state_dict):  # non-strict loading would keep the model as it is
+        raise ValueError(
+            f"{path}: none of its keys is a key of {type(model).__name__} (found "
+            f"{format_keys(list(state_dict), 3)}); expected a torchvision Mask R-CNN / Faster R-CNN state "
+            "dict or a vtrain checkpoint (an ImageNet ResNet file goes to model.backbone_weights)"
+        )
     heads = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits", "head.classifier.")
     for key in [k for k in state_dict if k.startswith(heads)]:
         if key in expected and state_dict[key].shape != expected[key].shape:
@@ -34,6 +41,15 @@ def load_fpt_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool 
                 tuple(expected[key].shape),
             )
             del state_dict[key]
+    fpt_missing = [k for k in expected if ".fpt." in k and k not in state_dict]
+    if fpt_missing:
+        log.warning(
+            "%s has no weights for %d FPT tensors (%s, ...; an FPN checkpoint): the FPT stays freshly "
+            "initialised",
+            path,
+            len(fpt_missing),
+            fpt_missing[0],
+        )
     allowed = frozenset(k for k in expected if ".fpt." in k or k.endswith("num_batches_tracked"))
     allowed |= frozenset(k for k in expected if k.startswith(heads) and k not in state_dict)
     fit_state_dict(model, state_dict, path, strict, allowed)

@@ -15,7 +15,10 @@ import os
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
-from vtrain.models.fpt.backbone import BackboneWithFPT
+from vtrain.models.fpt.backbone import BackboneWithFPT, require_backbone_weights
+
+# a random ResNet under the detection recipe's frozen BatchNorm and frozen conv1 + layer1 never trains them
+_SCRATCH_NOTE = " (with model.frozen_bn=false model.trainable_layers=5, so that every stage trains)"
 
 
 def build_rcnn(
@@ -59,11 +62,15 @@ def build_rcnn(
 
 def _preset(backbone: str, fpt: bool, masks: bool, **defaults):
     def make(**overrides) -> nn.Module:
-        return build_rcnn(backbone, fpt, masks, **{**defaults, **overrides})
+        args = {**defaults, **overrides}
+        note = _SCRATCH_NOTE if args.get("frozen_bn", True) else ""  # build_rcnn's default: frozen
+        args = require_backbone_weights(args, backbone, note)
+        return build_rcnn(backbone, fpt, masks, **args)
 
     make.__doc__ = (
         f"{'Mask' if masks else 'Faster'} R-CNN, {backbone} + FPN{' + FPT' if fpt else ''}; "
-        f"arguments of build_rcnn override {defaults or 'nothing'}."
+        f"arguments of build_rcnn override {defaults or 'nothing'}; ``backbone_weights`` is required "
+        "(an ImageNet ResNet file, or ``scratch``)."
     )
     return make
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtrain.models.fpt.backbone import BackboneWithFPT
+from vtrain.models.fpt.backbone import BackboneWithFPT, require_backbone_weights
 
 
 def _conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -107,11 +107,13 @@ class FPTSegmentation(nn.Module):
 
 def _preset(backbone: str, fpt: bool, **defaults):
     def make(**overrides) -> nn.Module:
-        return FPTSegmentation(backbone=backbone, fpt=fpt, **{**defaults, **overrides})
+        args = require_backbone_weights({**defaults, **overrides}, backbone)
+        return FPTSegmentation(backbone=backbone, fpt=fpt, **args)
 
     make.__doc__ = (
         f"Semantic segmentation, {backbone} + FPN{' + FPT' if fpt else ''} + semantic-FPN head; "
-        f"arguments of FPTSegmentation override {defaults or 'nothing'}."
+        f"arguments of FPTSegmentation override {defaults or 'nothing'}; ``backbone_weights`` is required "
+        "(an ImageNet ResNet file, or ``scratch``)."
     )
     return make
 

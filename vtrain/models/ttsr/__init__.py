@@ -3,7 +3,15 @@
 from vtrain.models.ttsr.discriminator import Discriminator
 from vtrain.models.ttsr.lte import LTE, MeanShift, VGG19Relu51
 from vtrain.models.ttsr.main_net import CSFI2, CSFI3, SFE, MainNet, MergeTail, ResBlock
-from vtrain.models.ttsr.model import PRESETS, TTSR, TTSROutput, load_ttsr_checkpoint, ttsr, ttsr_tiny
+from vtrain.models.ttsr.model import (
+    PRESETS,
+    STARTING_WEIGHTS,
+    TTSR,
+    TTSROutput,
+    load_ttsr_checkpoint,
+    ttsr,
+    ttsr_tiny,
+)
 from vtrain.models.ttsr.search_transfer import SearchTransfer
 
 load_pretrained = load_ttsr_checkpoint
@@ -14,6 +22,7 @@ __all__ = [
     "LTE",
     "PRESETS",
     "SFE",
+    "STARTING_WEIGHTS",
     "TTSR",
     "Discriminator",
     "MainNet",

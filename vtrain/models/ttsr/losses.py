@@ -23,7 +23,7 @@ class PerceptualLoss(nn.Module):
     """Mean squared difference of VGG19 relu5_1 features of output and ground truth (eq. 10's first term).
 
     Args:
-        vgg_weights: torchvision VGG19 ImageNet state dict file; None: random VGG (warned).
+        vgg_weights: torchvision VGG19 ImageNet state dict file; None: random VGG.
     """
 
     def __init__(self, vgg_weights: str | os.PathLike | None = None) -> None:

@@ -7,7 +7,6 @@ Both are slices of torchvision's ``vgg19().features`` after an ImageNet mean / s
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -15,8 +14,6 @@ from torch import nn
 from torchvision.models import vgg
 
 from vtrain.checkpoint import read_state_dict
-
-log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,10 +39,10 @@ class MeanShift(nn.Conv2d):
         self.bias.requires_grad_(False)
 
 
-def vgg19_features(weights: str | os.PathLike | None, what: str, end: int) -> nn.Sequential:
+def vgg19_features(weights: str | os.PathLike | None, end: int) -> nn.Sequential:
     """The first ``end`` layers of torchvision's ``vgg19().features`` (same indices and initialisation),
     filled from a torchvision-format ImageNet state dict file (``features.0.weight``, ...; the rest
-    ignored) or randomly initialised with a warning naming ``what`` needs the weights."""
+    ignored) or randomly initialised (None; the builders require the file: ``vtrain.models.pretrained``)."""
     config = []
     for item in vgg.cfgs["E"]:  # the VGG19 layer plan: each number is a conv + ReLU, "M" a max-pool
         if sum(2 if c != "M" else 1 for c in config) >= end:
@@ -57,11 +54,6 @@ def vgg19_features(weights: str | os.PathLike | None, what: str, end: int) -> nn
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(module.bias)
     if weights is None:
-        log.warning(
-            "%s: no VGG19 ImageNet weights given (vgg_weights=null); using a random initialisation, "
-            "which the paper does not do: pass a torchvision vgg19 state dict file for real runs",
-            what,
-        )
         return features
     state_dict = read_state_dict(weights)
     found = {k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")}
@@ -76,13 +68,13 @@ class LTE(nn.Module):
     """Learnable texture extractor: VGG19 up to relu1_1, relu2_1 and relu3_1.
 
     Args:
-        vgg_weights: torchvision VGG19 ImageNet state dict file to start from; None: random (warned).
+        vgg_weights: torchvision VGG19 ImageNet state dict file to start from; None: random.
         requires_grad: False freezes the VGG slices (the mean shift is always frozen).
     """
 
     def __init__(self, vgg_weights: str | os.PathLike | None = None, requires_grad: bool = True) -> None:
         super().__init__()
-        features = vgg19_features(vgg_weights, "LTE", LTE_SLICES[-1][1])
+        features = vgg19_features(vgg_weights, LTE_SLICES[-1][1])
         for i, (start, end) in enumerate(LTE_SLICES, 1):
             block = nn.Sequential()
             for index in range(start, end):
@@ -105,12 +97,12 @@ class VGG19Relu51(nn.Module):
     """Frozen VGG19 up to relu5_1 (the perceptual loss' feature space); images in [0, 1].
 
     Args:
-        vgg_weights: torchvision VGG19 ImageNet state dict file; None: random (warned).
+        vgg_weights: torchvision VGG19 ImageNet state dict file; None: random.
     """
 
     def __init__(self, vgg_weights: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.slice1 = vgg19_features(vgg_weights, "perceptual loss VGG19", RELU5_1_END)
+        self.slice1 = vgg19_features(vgg_weights, RELU5_1_END)
         self.slice1.requires_grad_(False)
         self.sub_mean = MeanShift()
 

@@ -1,6 +1,7 @@
 """TTSR: Learning Texture Transformer Network for Image Super-Resolution (Yang et al., CVPR 2020).
 
     model = vtrain.create_model("ttsr", pretrained="TTSR.pt")  # official researchmm/TTSR weights
+    model = vtrain.create_model("ttsr", vgg_weights="vgg19-dcbb9e9d.pth")  # to train: ImageNet VGG19 LTE
     out = model(lr, lr_up, ref, ref_down_up)                    # out.sr: [B, 3, 4h, 4w] in [-1, 1]
 
 Images are in [-1, 1] as in the official code. ``lr_up`` is the LR image bicubic-upsampled 4x and
@@ -19,9 +20,12 @@ from torch import nn
 from torch.func import functional_call
 
 from vtrain.checkpoint import fit_state_dict, read_state_dict
+from vtrain.models.pretrained import require_weights, torchvision_imagenet
 from vtrain.models.ttsr.lte import LTE
 from vtrain.models.ttsr.main_net import MainNet
 from vtrain.models.ttsr.search_transfer import SearchTransfer
+
+VGG19_EXPECTED = torchvision_imagenet("vgg19")
 
 
 class TTSROutput(NamedTuple):
@@ -42,7 +46,8 @@ class TTSR(nn.Module):
         num_res_blocks: residual blocks of the shallow feature extractor and of the 1x, 2x, 4x stages.
         n_feats: feature channels of the main network.
         res_scale: residual scaling.
-        vgg_weights: torchvision VGG19 ImageNet state dict file the LTE starts from (None: random, warned).
+        vgg_weights: torchvision VGG19 ImageNet state dict file the LTE starts from (None: random; the
+            presets require it).
         global_residual: add the bicubic-upsampled LR image to the output, so that the network learns a
             correction of bicubic upsampling; not in the paper (False there and for its checkpoints), used
             by ``ttsr_tiny`` to learn in minutes on a CPU.
@@ -89,18 +94,28 @@ class TTSR(nn.Module):
         return functional_call(self.LTE, weights, ((sr + 1) / 2,))
 
 
+def _ttsr(kwargs: dict, **preset) -> TTSR:
+    """Build a preset: the LTE starts from ImageNet VGG19 weights, so ``vgg_weights`` is required (a
+    torchvision VGG19 file, or ``"scratch"`` for a random texture extractor)."""
+    args = {**preset, **kwargs}
+    args["vgg_weights"] = require_weights(args.get("vgg_weights"), "model.vgg_weights", VGG19_EXPECTED)
+    return TTSR(**args)
+
+
 def ttsr(**kwargs) -> TTSR:
     """The paper's TTSR: 16 + 16 + 8 + 4 residual blocks, 64 features (official defaults)."""
-    return TTSR(**{"num_res_blocks": (16, 16, 8, 4), "n_feats": 64, **kwargs})
+    return _ttsr(kwargs, num_res_blocks=(16, 16, 8, 4), n_feats=64)
 
 
 def ttsr_tiny(**kwargs) -> TTSR:
     """A CPU-sized TTSR (2 + 2 + 1 + 1 residual blocks, 32 features, a global bicubic residual) for smoke
     runs and the tiny data; not from the paper. The LTE is the full VGG19 slice, as in ``ttsr``."""
-    return TTSR(**{"num_res_blocks": (2, 2, 1, 1), "n_feats": 32, "global_residual": True, **kwargs})
+    return _ttsr(kwargs, num_res_blocks=(2, 2, 1, 1), n_feats=32, global_residual=True)
 
 
 PRESETS = {"ttsr": ttsr, "ttsr_tiny": ttsr_tiny}
+# the presets require the VGG19 file; a full TTSR checkpoint replaces it
+STARTING_WEIGHTS = ("vgg_weights",)
 
 
 def load_ttsr_checkpoint(model: TTSR, path: str | os.PathLike, strict: bool = True) -> TTSR:
