@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vtrain.checkpoint import fit_state_dict, load_checkpoint
 from vtrain.config import redact_secrets
 from vtrain.data.counts import report_counts
+from vtrain.models.pretrained import replaced_by_checkpoint
 from vtrain.runs import keep_wandb_run_id
 from vtrain.scaling import BatchPlan, apply_batch_plan
 
@@ -72,9 +73,13 @@ class Run:
         }
 
 
-def build_run(cfg: DictConfig) -> Run:
-    """Seed, then build trainer, data, model and task. The trainer comes first: its world size fixes the
-    global batch, and with it the per-device batch (when derived) and the learning rates."""
+def build_run(cfg: DictConfig, weights_from_checkpoint: bool = False) -> Run:
+    """Seed, then build trainer, model, data and task. The trainer comes first: its world size fixes the
+    global batch, and with it the per-device batch (when derived) and the learning rates. The model comes
+    before the data, so that a missing pretrained input stops the run before any data is read.
+
+    `weights_from_checkpoint`: the run loads every weight from a vtrain checkpoint (eval of a run, a
+    resume), so the starting weights the model is built from (ImageNet backbone, VGG) are not needed."""
     cfg = copy.deepcopy(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -92,8 +97,11 @@ def build_run(cfg: DictConfig) -> Run:
     # step counts may have followed the global batch; the trainer was built before it was known
     trainer.fit_loop.epoch_loop.max_steps = int(cfg.trainer.get("max_steps") or -1)
 
+    model_cfg = cfg.model
+    if weights_from_checkpoint:
+        model_cfg = OmegaConf.create(replaced_by_checkpoint(OmegaConf.to_container(cfg.model, resolve=True)))
+    model = instantiate(model_cfg)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
     if cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     if cfg.get("compile"):

@@ -24,7 +24,7 @@ def evaluate(cfg: DictConfig) -> float | None:
             "mode=eval needs the weights to evaluate: ckpt_path=RUN.ckpt (a vtrain checkpoint) or "
             "model.pretrained=FILE (official weights in the experiment's model)"
         )
-    run = build_run(cfg)
+    run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
     info = run.info()
     if ckpt_path is not None:
         load_task_weights(run.task, ckpt_path, run.cfg)

@@ -49,7 +49,7 @@ def train(cfg: DictConfig) -> float | None:
     refuse_to_overwrite(cfg, ckpt_path)
     if ckpt_path is not None:  # before any work: a checkpoint of another model fails here, named
         check_checkpoint_matches(ckpt_path, read_vtrain_checkpoint(ckpt_path), cfg)
-    run = build_run(cfg)
+    run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
     trainer, task = run.trainer, run.task
     trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
     metrics = scalars(trainer.callback_metrics)
