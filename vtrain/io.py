@@ -50,19 +50,6 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def fsync_tree(root: str | os.PathLike) -> None:
-    """fsync every file and folder under ``root``: a folder built in a temporary place and then renamed
-    into place is whole after a crash too."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_directory(folder)
-
-
 @contextmanager
 def atomic_write(
     path: str | os.PathLike, mode: Literal["wb", "w"] = "wb", encoding: str | None = None
