@@ -38,7 +38,7 @@ class RunsShellCommand:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
-def _crafted(tmp_path: Path, payload_class: type, name: str) -> tuple[Path, Path]:
+def crafted_checkpoint(tmp_path: Path, payload_class: type, name: str) -> tuple[Path, Path]:
     """A vtrain-like checkpoint whose pickle also holds `payload_class`'s payload, and the file the payload
     would create."""
     marker = tmp_path / f"{name}.payload-ran"
@@ -67,7 +67,7 @@ def assert_refused(error: pytest.ExceptionInfo, path: Path, code: str) -> None:
 )
 @pytest.mark.parametrize("reader", [load_checkpoint, read_state_dict])
 def test_pickled_code_is_refused_and_never_runs(tmp_path, payload, code, reader):
-    path, marker = _crafted(tmp_path, payload, "foreign")
+    path, marker = crafted_checkpoint(tmp_path, payload, "foreign")
     with pytest.raises(ValueError) as error:
         reader(path)
     assert_refused(error, path, code)
@@ -78,7 +78,7 @@ def test_the_crafted_payload_is_real(tmp_path):
     """Unpickled without the check, the payloads of the files above do run (so the tests above mean
     something)."""
     for payload in (RunsShellCommand, CreatesFileWhenUnpickled):
-        path, marker = _crafted(tmp_path, payload, payload.__name__)
+        path, marker = crafted_checkpoint(tmp_path, payload, payload.__name__)
         torch.load(path, weights_only=False)
         assert marker.exists()
 
@@ -126,7 +126,7 @@ def test_unreadable_last_falls_back_to_the_newest_readable_checkpoint(tmp_path, 
 def test_last_with_pickled_code_falls_back_and_the_warning_says_why(tmp_path, caplog):
     ckpt_dir = tmp_path / "checkpoints"
     older = _save(ckpt_dir / "epoch000.ckpt", step=4, mtime=1_000)
-    last, marker = _crafted(ckpt_dir, CreatesFileWhenUnpickled, "last")
+    last, marker = crafted_checkpoint(ckpt_dir, CreatesFileWhenUnpickled, "last")
     with caplog.at_level(logging.WARNING, logger="vtrain.checkpoint"):
         assert resolve_resume("last", ckpt_dir) == str(older)
     assert f"refusing to load {last}: it carries pickled Python objects" in caplog.text
@@ -168,7 +168,7 @@ def test_an_explicit_unreadable_checkpoint_is_named(tmp_path):
     noise = _random_bytes(tmp_path / "noise.ckpt")
     with pytest.raises(ValueError, match=rf"^cannot read {re.escape(str(noise))}: not a torch checkpoint"):
         resolve_resume(noise, tmp_path)
-    foreign, marker = _crafted(tmp_path, RunsShellCommand, "foreign")
+    foreign, marker = crafted_checkpoint(tmp_path, RunsShellCommand, "foreign")
     with pytest.raises(ValueError) as error:
         resolve_resume(foreign, tmp_path)
     assert_refused(error, foreign, r"system")

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from pytorch_lightning.demos.boring_classes import BoringModel
 
-from tests.test_checkpoint import CreatesFileWhenUnpickled, assert_refused
+from tests.test_checkpoint import CreatesFileWhenUnpickled, assert_refused, crafted_checkpoint
 from vtrain.callbacks import ModelCheckpoint
 from vtrain.checkpoint_io import AtomicCheckpointIO
 
@@ -163,3 +163,14 @@ def test_resuming_from_a_file_with_pickled_code_is_refused(trainer_from_config, 
     assert_refused(error, foreign, r"CreatesFileWhenUnpickled")
     assert not marker.exists(), "the payload ran"
     assert trainer.global_step == 0
+
+
+def test_fsdp_resume_refuses_pickled_code_before_lightnings_unrestricted_unpickler(tmp_path, make_cfg):
+    """Lightning's FSDP strategy reads full checkpoints with a plain pickle.Unpickler, which runs the
+    payload; the strategy of conf/trainer/fsdp.yaml refuses the file first."""
+    foreign, marker = crafted_checkpoint(tmp_path, CreatesFileWhenUnpickled, "foreign")
+    strategy = instantiate(make_cfg(["trainer=fsdp"]).trainer.strategy)
+    with pytest.raises(ValueError) as error:
+        strategy.load_checkpoint(foreign)
+    assert_refused(error, foreign, r"CreatesFileWhenUnpickled")
+    assert not marker.exists(), "the payload ran"

@@ -11,15 +11,21 @@ FSDP full state dict) and the file ``fit(ckpt_path=...)`` reads go through it. L
   unwritable checkpoint directory a run trains to the end and saves nothing;
 * reads resumed checkpoints with torch's message when a file carries pickled code, which advises switching
   the check off.
+
+Lightning's FSDP strategy reads a full checkpoint on resume without the CheckpointIO, with an unrestricted
+unpickler (``lightning_fabric.utilities.load._lazy_load``) that runs whatever code the file pickles; vtrain's
+:class:`FSDPStrategy` (conf/trainer/fsdp.yaml) checks the file with ``load_checkpoint`` first.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+from pytorch_lightning.strategies import FSDPStrategy as _LightningFSDPStrategy
 
 from vtrain.checkpoint import load_checkpoint
 from vtrain.io import atomic_torch_save, os_error
@@ -52,3 +58,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
         return load_checkpoint(path)
+
+
+class FSDPStrategy(_LightningFSDPStrategy):
+    """Lightning's FSDPStrategy, except that a full (single-file) checkpoint to resume from is first read
+    with :func:`vtrain.checkpoint.load_checkpoint` (``weights_only=True``, tensors memory-mapped, so the
+    check reads little): a file that carries pickled code is refused before Lightning's own reader, which
+    would run it."""
+
+    def load_checkpoint(
+        self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if Path(checkpoint_path).is_file():
+            load_checkpoint(checkpoint_path, mmap=True)
+        return super().load_checkpoint(checkpoint_path, weights_only)
