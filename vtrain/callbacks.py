@@ -10,14 +10,18 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 import torch.distributed as dist
+from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+
+from vtrain.io import check_writable, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
     """Lightning's ModelCheckpoint, except that `last.ckpt` is rewritten at every save point, and also
-    every `save_last_every_n_steps` optimizer steps in the middle of an epoch.
+    every `save_last_every_n_steps` optimizer steps in the middle of an epoch, and that the checkpoint
+    directory is checked writable (and cleared of a killed writer's temporaries) before training.
 
     Since Lightning 2.5 `save_last=True` writes `last.ckpt` only when a top-k checkpoint was written at the
     same step, so after an epoch that did not improve the monitored metric `last.ckpt` is stale and a
@@ -30,6 +34,24 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         if save_last_every_n_steps is not None and save_last_every_n_steps < 1:
             raise ValueError(f"save_last_every_n_steps must be >= 1 or None, got {save_last_every_n_steps}")
         self.save_last_every_n_steps = save_last_every_n_steps
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit" or not self.dirpath or not _is_local_file_protocol(self.dirpath):
+            return
+        # only rank 0 writes checkpoints; every rank raises, so that none waits for it at a barrier
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                check_writable(self.dirpath, "checkpoint directory")
+            except OSError as e:
+                problem = e
+            else:
+                for path in remove_stale_temporaries(self.dirpath):
+                    log.info("removed %s, left by a checkpoint writer that was killed", path)
+        problem = trainer.strategy.broadcast(problem)
+        if problem is not None:
+            raise problem
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)

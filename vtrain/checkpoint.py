@@ -1,4 +1,5 @@
-"""Safe checkpoint reading: tensors and plain containers only, never pickled code."""
+"""Safe checkpoint reading (tensors and plain containers only, never pickled code) and the choice of the
+checkpoint a run resumes from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,19 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def load_checkpoint(path: str | os.PathLike) -> Any:
-    """Load a torch file onto the CPU with `weights_only=True`.
+def _pickled_code(path: Path, error: pickle.UnpicklingError) -> list[str]:
+    """The globals (classes, functions) that made the weights-only unpickler refuse ``path``, read
+    statically from the file's pickle (nothing is run), or else from torch's message (legacy files)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip archive (legacy format): torch's message names the first one
+        names = re.findall(r"GLOBAL (\S+)", str(error))
+    return sorted(set(names) - {"argparse.Namespace"})
+
+
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """Load a torch file onto the CPU with `weights_only=True`; `mmap=True` maps the tensors' bytes
+    instead of reading them (a cheap check that the whole file is readable).
 
     Raises:
         FileNotFoundError: `path` is not a file.
@@ -34,20 +47,100 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    is_zip = zipfile.is_zipfile(path)  # what torch.save writes; a truncated one lost its central directory
     try:
         # argparse.Namespace only carries attributes: the official DETR training checkpoints store their
         # command-line `args` in one, and it cannot run code when unpickled.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except Exception as e:  # RuntimeError, EOFError, KeyError, UnpicklingError... depending on the bytes
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if isinstance(e, pickle.UnpicklingError) and refused:
+        # `from None`: torch's own message advises retrying with the check switched off
+        refused = _pickled_code(path, e) if isinstance(e, pickle.UnpicklingError) else []
+        if refused:
             raise ValueError(
-                f"refusing to load {path}: it carries pickled Python objects ({refused.group(1)}), which "
-                "could run code when unpickled; only tensors and plain containers are accepted "
-                "(re-save it with torch.save(model.state_dict(), ...))"
+                f"refusing to load {path}: it carries pickled Python objects ({', '.join(refused)}), code "
+                "that would run when unpickled; the file was not loaded. Only tensors and plain containers "
+                "are accepted (re-save the weights with torch.save(model.state_dict(), ...))"
             ) from None
-        raise ValueError(f"cannot read {path}: not a torch checkpoint ({first_line(e)})") from e
+        if not is_zip:
+            raise ValueError(
+                f"cannot read {path}: not a torch checkpoint: expected the zip archive torch.save writes, "
+                f"found {path.stat().st_size} bytes without a zip directory (a truncated file, or another "
+                "format)"
+            ) from None
+        if isinstance(e, pickle.UnpicklingError):
+            raise ValueError(
+                f"cannot read {path}: its pickle holds more than tensors and plain containers; the file was "
+                "not loaded"
+            ) from None
+        raise ValueError(
+            f"cannot read {path}: a zip archive, but not a readable torch checkpoint ({first_line(e)})"
+        ) from e
+
+
+def _global_step(path: Path) -> int:
+    """The training step stored in a Lightning checkpoint (-1 when it has none); raises ValueError when
+    the file is unreadable (see `load_checkpoint`)."""
+    checkpoint = load_checkpoint(path, mmap=True)
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return step if isinstance(step, int) else -1
+
+
+def resolve_resume(ckpt_path: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> str | None:
+    """The checkpoint a run resumes from, checked readable before training starts.
+
+    ``ckpt_path`` is a file, or ``"last"``: ``checkpoint_dir/last.ckpt`` when it is readable; when it is
+    missing or unreadable (a kill, a full disk, a foreign file), with a warning naming both files, the
+    readable ``*.ckpt`` of ``checkpoint_dir`` with the highest global step (the newest on ties); None when
+    ``checkpoint_dir`` holds no checkpoint at all (a run that has not saved one yet).
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` is a file name and no such file exists.
+        ValueError: naming the file, when ``ckpt_path`` is unreadable or carries pickled code; for
+            ``"last"``, naming each checkpoint of ``checkpoint_dir`` and why, when none is readable.
+    """
+    if str(ckpt_path) != "last":
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        _global_step(path)
+        return str(path)
+    checkpoint_dir = Path(checkpoint_dir)
+    last = checkpoint_dir / "last.ckpt"
+    candidates = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    if not candidates:
+        return None
+    problems = {}
+    if last.is_file():
+        try:
+            _global_step(last)
+            return str(last)
+        except ValueError as e:
+            problems[last] = str(e)
+    else:
+        problems[last] = f"{last} does not exist"
+    readable = []
+    for path in candidates:
+        if path == last:
+            continue
+        try:
+            readable.append((_global_step(path), path.stat().st_mtime, path))
+        except ValueError as e:
+            problems[path] = str(e)
+    if not readable:
+        raise ValueError(
+            f"ckpt_path=last: no readable checkpoint in {checkpoint_dir}: " + "; ".join(problems.values())
+        )
+    step, _, chosen = max(readable)
+    logger.warning(
+        "ckpt_path=last: %s is unusable (%s); resuming from %s instead, the newest readable checkpoint of "
+        "the run (global step %d)",
+        last,
+        problems[last],
+        chosen,
+        step,
+    )
+    return str(chosen)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from vtrain.data.palette import Palette, fit_palette, to_unit_range
+from vtrain.io import temporary_sibling
 
 
 def _clustered_pixels(centers: torch.Tensor, n: int = 4000, std: float = 0.02) -> torch.Tensor:
@@ -70,3 +74,21 @@ def test_save_load_and_the_official_npy_format(tmp_path):
         Palette.load(tmp_path / "scale.npy")
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         Palette.load(tmp_path / "nope.npy")
+
+
+def test_a_failed_save_keeps_the_old_palette_and_a_killed_writers_temporary_is_removed(tmp_path, monkeypatch):
+    path = tmp_path / "igpt_palette.npy"
+    old = Palette(torch.zeros(4, 3))
+    old.save(path)
+    killed = Path(str(temporary_sibling(path)).replace(f".{os.getpid()}@", ".999999999@"))
+    killed.write_bytes(b"half a palette")  # left by a writer that was killed, pid 999999999 is gone
+
+    def write_half_then_fail(file, array):
+        file.write(b"\x93NUMPY half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        Palette(torch.ones(4, 3)).save(path)
+    assert np.array_equal(Palette.load(path).centers.numpy(), old.centers.numpy())
+    assert sorted(tmp_path.iterdir()) == [path]

@@ -2,7 +2,12 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -12,6 +17,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.conftest import REPO
 from vtrain.data.cifar import CIFAR, load_cifar_pickle
 from vtrain.data.imagenet import IMAGENET_WNIDS, ImageNet
 from vtrain.data.tiny import COCO_TINY_CATEGORIES, IMAGENET_TINY_PHOTOS, TINY_SETS, build_tiny, main
@@ -206,3 +212,26 @@ def test_coco_tiny_ground_truth_scores_an_ap_of_one(tiny):
         evaluation.accumulate()
         evaluation.summarize()
     assert evaluation.stats[0] == pytest.approx(1.0)
+
+
+def test_a_killed_build_leaves_no_partial_set_and_the_next_build_clears_its_folder(tmp_path):
+    root = tmp_path / "cifar10_tiny"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vtrain.data.tiny", "--root", str(tmp_path), "cifar10_tiny"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    # killed in the middle of the build: once its temporary folder holds a file
+    while not any(path.is_file() for path in root.rglob("*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "cifar-10-batches-py").exists()
+    (staging,) = list(root.iterdir())
+    assert staging.name.startswith(".cifar-10-batches-py.")
+
+    target = build_tiny("cifar10_tiny", root)
+    assert sorted(root.iterdir()) == [target]
+    assert len(CIFAR(root, "train")) == 3000 and len(CIFAR(root, "test")) == 300

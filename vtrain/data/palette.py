@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtrain.io import atomic_write, remove_stale_temporaries
+
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 values in [0, 255] -> float32 in [-1, 1] (the official ``x / 127.5 - 1``)."""
@@ -132,12 +134,10 @@ class Palette:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the centres as a float32 ``.npy`` [k, 3] (the official ``kmeans_centers.npy`` format)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written next to its final name then renamed, so a concurrent reader never sees half a file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, self.centers.numpy())
-        os.replace(tmp, path)
+        # a concurrent reader or a kill mid-write never sees half a file (see vtrain.io)
+        remove_stale_temporaries(Path(path).parent)
+        with atomic_write(path) as f:
+            np.save(f, self.centers.numpy())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Palette:

@@ -3,7 +3,8 @@ scikit-learn and scikit-image wheels (no download), for demos, smoke training an
 
 Every builder is deterministic (the same bytes for the same seed and library versions) and takes well
 under 10 s. ``build_tiny(name, root)`` builds a set only when it is missing, in a temporary folder next to
-its target that is then renamed into place, so concurrent builds (DDP ranks, parallel tests) are safe.
+its target that is then renamed into place, so concurrent builds (DDP ranks, parallel tests) are safe and
+a killed build leaves no partial set (its temporary folder is deleted by the next build).
 
     cifar10_tiny   <root>/cifar-10-batches-py/: CIFAR-10 python pickles, 5 x 600 train + 300 test images.
                    Classes "zero" .. "nine": an 8 x 8 scikit-learn digit scaled to 20-26 px, at a random
@@ -38,7 +39,6 @@ import argparse
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,7 @@ from vtrain.data.tiny.classification import (
 from vtrain.data.tiny.coco import COCO_TINY_CATEGORIES, build_coco_tiny
 from vtrain.data.tiny.coco_panoptic import build_coco_panoptic_tiny
 from vtrain.data.tiny.cufed import build_cufed_tiny
+from vtrain.io import remove_stale_temporaries, temporary_sibling
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,10 @@ def build_tiny(name: str, root: str | Path, seed: int = 0) -> Path:
     if _present(target):
         log.debug("%s: %s already exists, not building", name, target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    for path in remove_stale_temporaries(target.parent):
+        log.info("%s: removed %s, left by a build that was killed", name, path)
+    staging = temporary_sibling(target)
+    staging.mkdir(parents=True)
     try:
         built = spec.build(staging, seed)
         try:
