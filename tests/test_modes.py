@@ -141,3 +141,26 @@ def test_resuming_from_another_experiments_checkpoint_fails_before_training(make
     with pytest.raises(ValueError, match=r"holds a vit_ti16 model .* this run builds lambda_tiny"):
         run(make_cfg(["experiment=lambda_tiny", *SMOKE, f"ckpt_path={last}"], output_dir=tmp_path / "l"))
     assert not (tmp_path / "l" / "checkpoints").exists()
+
+
+def test_last_falls_back_to_the_newest_readable_checkpoint_when_last_is_truncated(make_cfg, tmp_path, caplog):
+    out = tmp_path / "run"
+    common = [*TINY, "test=false", "trainer.limit_val_batches=1"]
+    last = _fit(make_cfg, out, ["trainer.max_epochs=2"])
+    best = next(p for p in (out / "checkpoints").glob("epoch*.ckpt"))
+    last.write_bytes(last.read_bytes()[:300])  # a writer killed by a full disk, say
+    with caplog.at_level(logging.WARNING):
+        run(make_cfg([*common, "ckpt_path=last", "trainer.max_epochs=3"], output_dir=out))
+    assert any(
+        f"{last} is unusable" in r.getMessage() and str(best) in r.getMessage() for r in caplog.records
+    )
+    # the resumed run rewrites its own last.ckpt (not a last-v1.ckpt that ckpt_path=last would not find)
+    assert torch.load(last, weights_only=True)["global_step"] == 12
+    assert not list(last.parent.glob("last-v*"))
+
+
+def test_an_unwritable_run_directory_fails_before_training(make_cfg, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="run directory .* is not writable"):
+        run(make_cfg([*TINY, "test=false"], output_dir=blocker / "run"))

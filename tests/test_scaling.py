@@ -65,7 +65,9 @@ def test_steps_written_at_the_papers_batch_cover_the_same_samples(make_cfg):
     assert cfg.task.scheduler.warmup_steps == 40000
     assert cfg.task.optimizer.lr == pytest.approx(3e-3 / 4)
     # fine-tuning on CIFAR-10: 10k steps and 500 warm-up steps at batch 512, LR kept (official train.py)
-    cfg = make_cfg(["experiment=vit_b16_cifar10", "model.pretrained=x.npz", "trainer.accumulate_grad_batches=2"])
+    cfg = make_cfg(
+        ["experiment=vit_b16_cifar10", "model.pretrained=x.npz", "trainer.accumulate_grad_batches=2"]
+    )
     plan = apply_batch_plan(cfg, world_size=2)
     assert plan.global_batch == 256
     assert (cfg.trainer.max_steps, cfg.task.scheduler.warmup_steps) == (20000, 1000)

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vtrain.io import atomic_write_text
+
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """The plain-number entries of a Lightning metrics dict (one-element tensors become floats)."""
@@ -40,8 +42,7 @@ def write_metrics(
         document["paper"] = paper
     document["run"] = run
     path = output_dir / "metrics.json"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
     return path
 
 

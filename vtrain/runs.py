@@ -12,6 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from vtrain.checkpoint import resolve_resume
+from vtrain.io import atomic_write_text
+
 log = logging.getLogger("vtrain")
 
 
@@ -60,9 +63,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return None
     if str(path) == "last":
         checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
-        found = checkpoints / "last.ckpt"
-        if found.is_file():
-            return str(found)
+        found = resolve_resume("last", checkpoints)
+        if found is not None:
+            return found
         if cfg.mode != "train":
             raise FileNotFoundError(f"ckpt_path=last: no checkpoint in {checkpoints}")
         others = earlier_runs(cfg)
@@ -77,9 +80,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             "ckpt_path=last: no checkpoint in %s yet, starting from scratch%s", checkpoints, hint
         )
         return None
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    return str(path)
+    return resolve_resume(path, Path(cfg.paths.output_dir) / "checkpoints")
 
 
 def refuse_to_overwrite(cfg: DictConfig, ckpt_path: str | None) -> None:
@@ -114,7 +115,7 @@ def keep_wandb_run_id(cfg: DictConfig, output_dir: Path) -> None:
             # ranks started together by srun must not race: only the global rank 0 logs, and records it
             if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
                 output_dir.mkdir(parents=True, exist_ok=True)
-                id_file.write_text(run_id + "\n")
+                atomic_write_text(id_file, run_id + "\n")
         with open_dict(node):
             node.id = run_id
             node.resume = "allow"

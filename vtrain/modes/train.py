@@ -12,6 +12,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from vtrain.io import check_writable
 from vtrain.modes.common import (
     build_run,
     check_checkpoint_matches,
@@ -45,6 +46,7 @@ def tested_checkpoint(cfg: DictConfig) -> str:
 
 def train(cfg: DictConfig) -> float | None:
     """Fit, test (when `test`), write `metrics.json`; returns the best `monitor` value (for sweepers)."""
+    check_writable(cfg.paths.output_dir, "run directory")
     ckpt_path = resolve_ckpt_path(cfg)
     refuse_to_overwrite(cfg, ckpt_path)
     if ckpt_path is not None:  # before any work: a checkpoint of another model fails here, named
