@@ -121,7 +121,7 @@ def test_tiny_segmentation_really_learns(make_cfg, tmp_path, experiment, floor):
 def test_cityscapes_experiments_compose_and_build(make_cfg, experiment):
     from hydra.utils import instantiate
 
-    cfg = make_cfg([f"experiment={experiment}"])
+    cfg = make_cfg([f"experiment={experiment}", "model.backbone_weights=scratch"])
     assert cfg.data.crop_size == [512, 1024] and cfg.task.optimizer._target_ == "torch.optim.SGD"
     model = instantiate(cfg.model)
     assert (model.backbone.fpt is not None) == (experiment == "fpt_cityscapes")
