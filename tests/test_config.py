@@ -172,3 +172,14 @@ def test_fsdp_preset_builds_a_sharding_strategy(make_cfg):
     )
     assert policy(module=block, recurse=False, nonwrapped_numel=sum(p.numel() for p in block.parameters()))
     assert not policy(module=block[0], recurse=False, nonwrapped_numel=block[0].weight.numel())
+
+
+@pytest.mark.parametrize("preset", ["debug=smoke", "trainer=smoke", "debug=smoke trainer=gpu"])
+def test_smoke_presets_win_over_the_experiment_and_build_a_trainer(make_cfg, preset):
+    cfg = make_cfg(["experiment=vit_cifar10_tiny", *preset.split()])  # the experiment sets 30 epochs
+    trainer = cfg.trainer
+    assert trainer.accelerator == "cpu"
+    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.log_every_n_steps) == (1, 4, 1)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    # debug=smoke turns the progress bar off: its RichProgressBar callback must go with it
+    instantiate(cfg.trainer, callbacks=callbacks, logger=False)
