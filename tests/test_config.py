@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import REPO, run_cli
-from vtrain.config import config_dir, redact_secrets
+from vtrain.config import config_dir, fill_num_classes, redact_secrets
 from vtrain.data.tiny import build_tiny
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -183,3 +183,18 @@ def test_smoke_presets_win_over_the_experiment_and_build_a_trainer(make_cfg, pre
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     # debug=smoke turns the progress bar off: its RichProgressBar callback must go with it
     instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+
+
+def test_null_num_classes_is_read_from_the_annotation_file_before_the_model_is_built(make_cfg):
+    cfg = make_cfg(["experiment=detr_coco_tiny", "data.num_classes=null"])
+    datamodule = instantiate(cfg.data)
+    fill_num_classes(cfg, datamodule)  # what `python -m vtrain` does before building the model
+    assert cfg.data.num_classes == cfg.model.num_classes == cfg.task.criterion.num_classes == 11
+    assert instantiate(cfg.model).class_embed.out_features == 11 + 1  # + "no object"
+
+
+def test_null_num_classes_of_data_that_cannot_read_it_says_what_to_set(make_cfg):
+    cfg = make_cfg(["experiment=vit_cifar10_tiny", "data.num_classes=null"])
+    expected = r"data\.num_classes is null.*has 10 classes.*set data\.num_classes=N"
+    with pytest.raises(ValueError, match=expected):
+        fill_num_classes(cfg, instantiate(cfg.data))

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> Path:
@@ -34,6 +34,32 @@ def coco_num_classes(annotation_file: str) -> int:
         return max(int(c["id"]) for c in categories) + 1
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: expected a COCO annotation file with a 'categories' list") from err
+
+
+def fill_num_classes(cfg: DictConfig, datamodule: Any) -> None:
+    """`data.num_classes: null` means "as many as the data has": the data module reads the number from its
+    files in `setup` (the COCO-format modules: the annotation file's largest category id + 1). The model
+    and the task read `${data.num_classes}` when they are built, before any setup, so the number is read
+    here, once the data module exists and before they are built, and written into `cfg.data.num_classes`.
+    Nothing happens when `data.num_classes` is set or absent."""
+    data = cfg.get("data")
+    if data is None or "num_classes" not in data or data.num_classes is not None:
+        return
+    target = data.get("_target_", type(datamodule).__name__)
+    unreadable = (
+        f"data.num_classes is null, which means 'read the number of classes from the data', but {target} "
+        "could not read it from its files"
+    )
+    if not hasattr(datamodule, "num_classes"):
+        raise ValueError(f"{unreadable}: it has no num_classes; set data.num_classes=N")
+    datamodule.prepare_data()  # builds a tiny data set on first use
+    try:
+        datamodule.setup("validate")
+    except ValueError as err:
+        raise ValueError(f"{unreadable} ({err}); set data.num_classes=N") from err
+    if datamodule.num_classes is None:
+        raise ValueError(f"{unreadable}; set data.num_classes=N")
+    data.num_classes = int(datamodule.num_classes)
 
 
 def register_resolvers() -> None:
