@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import REPO, run_cli
-from vtrain.config import config_dir, fill_num_classes, redact_secrets
+from vtrain.config import config_dir, fill_num_classes, redact_overrides, redact_secrets
 from vtrain.data.tiny import build_tiny
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -198,3 +198,63 @@ def test_null_num_classes_of_data_that_cannot_read_it_says_what_to_set(make_cfg)
     expected = r"data\.num_classes is null.*has 10 classes.*set data\.num_classes=N"
     with pytest.raises(ValueError, match=expected):
         fill_num_classes(cfg, instantiate(cfg.data))
+
+
+def test_redact_overrides_hides_credential_values_and_keeps_the_rest():
+    env = {"HF_TOKEN": "hf_abcdefghijklmnop"}
+    overrides = [
+        "+secret_token=abcdefgh123",
+        "++logger.wandb.api_key='k-123456789'",
+        "+notes.from_env=${oc.env:WANDB_API_KEY}",  # says where the secret is: kept
+        "+logger.wandb.api_key=${oc.env:WANDB_API_KEY}",
+        "+notes.pasted=hf_abcdefghijklmnop",  # an environment secret under an innocent key
+        "~callbacks.progress_bar",
+        "task.optimizer.lr=1e-3,3e-3",
+    ]
+    assert redact_overrides(overrides, env) == [
+        "+secret_token=<redacted>",
+        "++logger.wandb.api_key=<redacted>",
+        "+notes.from_env=${oc.env:WANDB_API_KEY}",
+        "+logger.wandb.api_key=${oc.env:WANDB_API_KEY}",
+        "+notes.pasted=<redacted>",
+        "~callbacks.progress_bar",
+        "task.optimizer.lr=1e-3,3e-3",
+    ]
+
+
+def test_command_line_secrets_reach_no_file_of_the_run_nor_wandb(tmp_path, data_dir):
+    secret, password = "abcdefgh123", "hunter2hunter2"
+    sweep, wandb_dir = tmp_path / "sweep", tmp_path / "wandb"
+    wandb_dir.mkdir()
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
+    env = {**env, "WANDB_API_KEY": ""}
+    proc = run_cli(
+        [
+            "-m",  # a multirun of one job: its multirun.yaml too
+            "experiment=vit_cifar10_tiny",
+            "debug=smoke",
+            "test=false",
+            "logger=wandb",
+            f"+secret_token={secret}",
+            f"+notes.db_password={password}",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    job = sweep / "0"
+    assert list((job / "wandb").glob("offline-run-*/*.wandb")), "no W&B run was written"
+    assert {"+secret_token=<redacted>", "+notes.db_password=<redacted>"} <= set(
+        OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    )
+    assert OmegaConf.load(job / ".hydra" / "config.yaml").secret_token == "<redacted>"
+    files = [p for p in [*sweep.rglob("*"), *wandb_dir.rglob("*")] if p.is_file()]
+    assert {job / ".hydra" / name for name in ("config.yaml", "hydra.yaml")} | {
+        sweep / "multirun.yaml"
+    } <= set(files)
+    for path in files:
+        data = path.read_bytes()
+        assert secret.encode() not in data and password.encode() not in data, path
+    warning = "credential-like keys on the command line: notes.db_password, secret_token"
+    assert warning in proc.stdout + proc.stderr

@@ -1,4 +1,5 @@
-"""Lightning's CSV and TensorBoard loggers, made to continue a run's history when the run resumes.
+"""Lightning's CSV and TensorBoard loggers, made to continue a run's history when the run resumes, and
+its W&B logger, made to keep the command line's secrets out of the run's metadata.
 
 A run resumed into its own directory (`ckpt_path=last`, a requeued SLURM job) logs again from the step of
 its checkpoint. Lightning's CSVLogger deletes the existing ``metrics.csv`` then; these loggers keep it:
@@ -18,17 +19,22 @@ validation, the first step logged is one earlier and that step's training row is
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import sys
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers import TensorBoardLogger as _LightningTensorBoardLogger
+from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+from vtrain.config import redact_overrides
 
 
 def _step(row: Mapping[str, str]) -> float:
@@ -131,3 +137,27 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
             self.experiment._get_file_writer().add_event(start)
             self._session_started = True
         super().log_metrics(metrics, step)
+
+
+@contextlib.contextmanager
+def _redacted_argv() -> Iterator[None]:
+    argv = sys.argv
+    sys.argv = [argv[0], *redact_overrides(argv[1:])] if argv else argv
+    try:
+        yield
+    finally:
+        sys.argv = argv
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's WandbLogger, except that the run's metadata records the command line with every
+    credential-like value redacted (``+secret_token=<redacted>``): W&B copies ``sys.argv`` into it when the
+    run starts. The logged config is redacted by vtrain already (``vtrain.config.redact_secrets``)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is not None:
+            return self._experiment
+        with _redacted_argv():
+            return super().experiment
