@@ -23,8 +23,8 @@ from vtrain.config import config_dir, register_resolvers
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# Shrinks any experiment to a CPU-sized run: a few batches, no workers, no progress bar.
-SMOKE = ["debug=smoke", "~callbacks.progress_bar"]
+# Any experiment shrunk to a few CPU batches, no workers, no progress bar (conf/debug/smoke.yaml).
+SMOKE = ["debug=smoke"]
 
 
 @pytest.fixture(autouse=True)

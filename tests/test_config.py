@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, run_cli
-from vtrain.config import config_dir, redact_secrets
+from vtrain.config import config_dir, fill_num_classes, redact_overrides, redact_secrets
 from vtrain.data.tiny import build_tiny
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -189,3 +189,89 @@ def test_fsdp_preset_builds_a_sharding_strategy(make_cfg):
     )
     assert policy(module=block, recurse=False, nonwrapped_numel=sum(p.numel() for p in block.parameters()))
     assert not policy(module=block[0], recurse=False, nonwrapped_numel=block[0].weight.numel())
+
+
+@pytest.mark.parametrize("preset", ["debug=smoke", "trainer=smoke", "debug=smoke trainer=gpu"])
+def test_smoke_presets_win_over_the_experiment_and_build_a_trainer(make_cfg, preset):
+    cfg = make_cfg(["experiment=vit_cifar10_tiny", *preset.split()])  # the experiment sets 30 epochs
+    trainer = cfg.trainer
+    assert trainer.accelerator == "cpu"
+    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.log_every_n_steps) == (1, 4, 1)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    # debug=smoke turns the progress bar off: its RichProgressBar callback must go with it
+    instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+
+
+def test_null_num_classes_is_read_from_the_annotation_file_before_the_model_is_built(make_cfg):
+    cfg = make_cfg(["experiment=detr_coco_tiny", "data.num_classes=null"])
+    datamodule = instantiate(cfg.data)
+    fill_num_classes(cfg, datamodule)  # what `python -m vtrain` does before building the model
+    assert cfg.data.num_classes == cfg.model.num_classes == cfg.task.criterion.num_classes == 11
+    assert instantiate(cfg.model).class_embed.out_features == 11 + 1  # + "no object"
+
+
+def test_null_num_classes_of_data_that_cannot_read_it_says_what_to_set(make_cfg):
+    cfg = make_cfg(["experiment=vit_cifar10_tiny", "data.num_classes=null"])
+    expected = r"data\.num_classes is null.*has 10 classes.*set data\.num_classes=N"
+    with pytest.raises(ValueError, match=expected):
+        fill_num_classes(cfg, instantiate(cfg.data))
+
+
+def test_redact_overrides_hides_credential_values_and_keeps_the_rest():
+    env = {"HF_TOKEN": "hf_abcdefghijklmnop"}
+    overrides = [
+        "+secret_token=abcdefgh123",
+        "++logger.wandb.api_key='k-123456789'",
+        "+notes.from_env=${oc.env:WANDB_API_KEY}",  # says where the secret is: kept
+        "+logger.wandb.api_key=${oc.env:WANDB_API_KEY}",
+        "+notes.pasted=hf_abcdefghijklmnop",  # an environment secret under an innocent key
+        "~callbacks.progress_bar",
+        "task.optimizer.lr=1e-3,3e-3",
+    ]
+    assert redact_overrides(overrides, env) == [
+        "+secret_token=<redacted>",
+        "++logger.wandb.api_key=<redacted>",
+        "+notes.from_env=${oc.env:WANDB_API_KEY}",
+        "+logger.wandb.api_key=${oc.env:WANDB_API_KEY}",
+        "+notes.pasted=<redacted>",
+        "~callbacks.progress_bar",
+        "task.optimizer.lr=1e-3,3e-3",
+    ]
+
+
+def test_command_line_secrets_reach_no_file_of_the_run_nor_wandb(tmp_path, data_dir):
+    secret, password = "abcdefgh123", "hunter2hunter2"
+    sweep, wandb_dir = tmp_path / "sweep", tmp_path / "wandb"
+    wandb_dir.mkdir()
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
+    env = {**env, "WANDB_API_KEY": ""}
+    proc = run_cli(
+        [
+            "-m",  # a multirun of one job: its multirun.yaml too
+            "experiment=vit_cifar10_tiny",
+            "debug=smoke",
+            "test=false",
+            "logger=wandb",
+            f"+secret_token={secret}",
+            f"+notes.db_password={password}",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    job = sweep / "0"
+    assert list((job / "wandb").glob("offline-run-*/*.wandb")), "no W&B run was written"
+    assert {"+secret_token=<redacted>", "+notes.db_password=<redacted>"} <= set(
+        OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    )
+    assert OmegaConf.load(job / ".hydra" / "config.yaml").secret_token == "<redacted>"
+    files = [p for p in [*sweep.rglob("*"), *wandb_dir.rglob("*")] if p.is_file()]
+    assert {job / ".hydra" / name for name in ("config.yaml", "hydra.yaml")} | {
+        sweep / "multirun.yaml"
+    } <= set(files)
+    for path in files:
+        data = path.read_bytes()
+        assert secret.encode() not in data and password.encode() not in data, path
+    warning = "credential-like keys on the command line: notes.db_password, secret_token"
+    assert warning in proc.stdout + proc.stderr

@@ -4,6 +4,7 @@ never interrupted."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -51,6 +52,10 @@ RUN = [
     "model.drop_path_rate=0.1",
     "+task.mixup={mixup_alpha: 0.8, cutmix_alpha: 1.0}",
     "logger=csv",
+    # a metrics.csv row at every step, written at once: the killed run leaves rows logged after its
+    # checkpoint
+    "trainer.log_every_n_steps=1",
+    "logger.csv.flush_logs_every_n_steps=1",
     "seed=3",
 ]
 
@@ -58,6 +63,14 @@ RUN = [
 def _final_state(run_dir: Path) -> tuple[dict, dict]:
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     return ckpt, json.loads((run_dir / "metrics.json").read_text())
+
+
+def _logged_per_step(run_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    """(step, value) of every row of metrics.csv, by column, for the per-step columns (loss, LR)."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [c for c in rows[0] if c == "train/loss_step" or c.startswith("lr-")]
+    return {c: [(int(r["step"]), r[c]) for r in rows if r[c]] for c in columns}
 
 
 def _assert_same_training_state(a: dict, b: dict) -> None:
@@ -100,3 +113,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, data_dir, 
     assert {k: v for k, v in res_metrics.items() if k not in epoch_means} == {
         k: v for k, v in ref_metrics.items() if k not in epoch_means
     }
+    # the resumed metrics.csv holds the whole history, each step once: the rows logged after the
+    # checkpoint by the killed run are replaced by the resumed run's (equal) ones
+    logged = _logged_per_step(interrupted)
+    assert logged == _logged_per_step(reference)
+    assert [step for step, _ in logged["train/loss_step"]] == list(range(12))

@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import vtrain
+from tests.conftest import SMOKE
+from vtrain.cli import run
 from vtrain.tasks import ClassificationTask
 from vtrain.tasks.classification import build_mixup
 from vtrain.tasks.common import weight_decay_groups
@@ -79,3 +81,9 @@ def test_non_finite_loss_stops_training_with_the_step():
     images, labels = torch.full((2, 3, 8, 8), float("nan")), torch.tensor([0, 1])
     with pytest.raises(FloatingPointError, match="step"):
         task.training_step((images, labels), 0)
+
+
+def test_a_model_head_that_disagrees_with_the_data_fails_at_setup_naming_both(make_cfg):
+    expected = r"model\.num_classes=20, task\.num_classes=10, data\.num_classes=10"
+    with pytest.raises(ValueError, match=expected):  # not a torchmetrics shape error after a step
+        run(make_cfg(["experiment=vit_cifar10_tiny", *SMOKE, "model.num_classes=20"]))

@@ -10,6 +10,8 @@ import pytorch_lightning as L
 import torch
 from torch import nn
 
+from tests.conftest import SMOKE
+from vtrain.cli import run
 from vtrain.data.detection import DetectionDataModule
 from vtrain.models.detr import PostProcess, SetCriterion, detr_tiny
 from vtrain.tasks import DetectionTask
@@ -136,3 +138,9 @@ def test_unpadded_evaluation_equals_one_image_per_batch_and_padding_changes_pred
     unpadded = _scores(_detections(task, datamodule, tmp_path))
     torch.testing.assert_close(unpadded, single, atol=1e-4, rtol=1e-4)
     assert (padded - single).abs().max() > 1e-3  # the tiny set has three image sizes, so batches are padded
+
+
+def test_a_class_head_that_disagrees_with_the_data_fails_at_setup_naming_both(make_cfg):
+    expected = r"model\.num_classes=20, task\.criterion\.num_classes=11, data\.num_classes=11"
+    with pytest.raises(ValueError, match=expected):
+        run(make_cfg(["experiment=detr_coco_tiny", *SMOKE, "model.num_classes=20"]))

@@ -12,7 +12,13 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers, weight_decay_groups
+from vtrain.tasks.common import (
+    OptimizerFactory,
+    SchedulerFactory,
+    check_num_classes,
+    configure_optimizers,
+    weight_decay_groups,
+)
 
 
 def build_mixup(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0):
@@ -68,6 +74,10 @@ class ClassificationTask(L.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+
+    def setup(self, stage: str) -> None:
+        model_classes = getattr(self.model, "num_classes", None)
+        check_num_classes(self, {"model.num_classes": model_classes, "task.num_classes": self.num_classes})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)

@@ -55,3 +55,23 @@ def configure_optimizers(
         steps_per_epoch = max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
     sched = scheduler(opt, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def check_num_classes(module: L.LightningModule, sizes: dict[str, int | None]) -> None:
+    """Raise when the numbers of classes that a run sets in several places disagree; a model head of 20
+    classes trained on labels of 10 would otherwise fail later with a shape error in a loss or a metric.
+
+    `sizes` maps config keys (`model.num_classes`, `task.num_classes`, ...) to their values; the data
+    module's `num_classes` joins them as `data.num_classes` (after its `setup`, so also when it was read
+    from the data's files). Unknown (None) values are left out. Call it from the task's `setup`.
+    """
+    datamodule = getattr(module.trainer, "datamodule", None)
+    sizes = {**sizes, "data.num_classes": getattr(datamodule, "num_classes", None)}
+    known = {key: value for key, value in sizes.items() if value is not None}
+    if len(set(known.values())) > 1:
+        found = ", ".join(f"{key}={value}" for key, value in known.items())
+        raise ValueError(
+            f"{type(module).__name__}: the numbers of classes disagree: {found}. The model's classifier, "
+            "the task's loss and metrics and the data's labels need the same number; the configs set them "
+            "all to ${data.num_classes}, so override data.num_classes (or make the others equal to it)"
+        )

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes, save_image
 
 from vtrain.metrics.coco import CocoEvaluator
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, check_num_classes, configure_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,13 @@ class DetectionTask(L.LightningModule):
         self.eval_unpadded = eval_unpadded
         self.num_pictures, self.picture_score = num_pictures, picture_score
         self.evaluator: CocoEvaluator | None = None
+
+    def setup(self, stage: str) -> None:
+        sizes = {
+            "model.num_classes": getattr(self.model, "num_classes", None),
+            "task.criterion.num_classes": getattr(self.criterion, "num_classes", None),
+        }
+        check_num_classes(self, sizes)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
         return self.model(images, mask)

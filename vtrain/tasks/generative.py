@@ -24,7 +24,13 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers, weight_decay_groups
+from vtrain.tasks.common import (
+    OptimizerFactory,
+    SchedulerFactory,
+    check_num_classes,
+    configure_optimizers,
+    weight_decay_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +142,11 @@ class GenerativePretrainingTask(L.LightningModule):
             self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
             self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
             self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+
+    def setup(self, stage: str) -> None:
+        # the class labels feed the fine-tuning head and the linear probe; a pretraining model has no head (0)
+        model_classes = getattr(self.model, "num_classes", 0) or None
+        check_num_classes(self, {"model.num_classes": model_classes, "task.num_classes": self.num_classes})
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)

@@ -15,7 +15,13 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import save_image
 
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers, weight_decay_groups
+from vtrain.tasks.common import (
+    OptimizerFactory,
+    SchedulerFactory,
+    check_num_classes,
+    configure_optimizers,
+    weight_decay_groups,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -113,6 +119,10 @@ class SegmentationTask(L.LightningModule):
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
         self.num_pictures = num_pictures
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+
+    def setup(self, stage: str) -> None:
+        model_classes = getattr(self.model, "num_classes", None)
+        check_num_classes(self, {"model.num_classes": model_classes, "task.num_classes": self.num_classes})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
