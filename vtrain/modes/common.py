@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vtrain.checkpoint import fit_state_dict, load_checkpoint
-from vtrain.config import redact_secrets
+from vtrain.config import fill_num_classes, redact_secrets
 from vtrain.data.counts import report_counts
 from vtrain.models.pretrained import replaced_by_checkpoint
 from vtrain.runs import keep_wandb_run_id
@@ -74,9 +74,10 @@ class Run:
 
 
 def build_run(cfg: DictConfig, weights_from_checkpoint: bool = False) -> Run:
-    """Seed, then build trainer, model, data and task. The trainer comes first: its world size fixes the
-    global batch, and with it the per-device batch (when derived) and the learning rates. The model comes
-    before the data, so that a missing pretrained input stops the run before any data is read.
+    """Seed, then build trainer, data module, model and task. The trainer comes first: its world size fixes
+    the global batch, and with it the per-device batch (when derived) and the learning rates. The model is
+    built before any data is read (unless `data.num_classes=null` asks for the data's count first), so that a
+    missing pretrained input stops the run before any work.
 
     `weights_from_checkpoint`: the run loads every weight from a vtrain checkpoint (eval of a run, a
     resume), so the starting weights the model is built from (ImageNet backbone, VGG) are not needed."""
@@ -97,11 +98,12 @@ def build_run(cfg: DictConfig, weights_from_checkpoint: bool = False) -> Run:
     # step counts may have followed the global batch; the trainer was built before it was known
     trainer.fit_loop.epoch_loop.max_steps = int(cfg.trainer.get("max_steps") or -1)
 
+    datamodule = instantiate(cfg.data)  # reads nothing yet
+    fill_num_classes(cfg, datamodule)  # data.num_classes=null: read from the data before the model
     model_cfg = cfg.model
     if weights_from_checkpoint:
         model_cfg = OmegaConf.create(replaced_by_checkpoint(OmegaConf.to_container(cfg.model, resolve=True)))
     model = instantiate(model_cfg)
-    datamodule = instantiate(cfg.data)
     if cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     if cfg.get("compile"):
