@@ -164,3 +164,12 @@ def test_an_unwritable_run_directory_fails_before_training(make_cfg, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(OSError, match="run directory .* is not writable"):
         run(make_cfg([*TINY, "test=false"], output_dir=blocker / "run"))
+
+
+def test_num_classes_null_is_read_from_the_annotation_file(make_cfg, tmp_path):
+    out = tmp_path / "detr"
+    run(
+        make_cfg(["experiment=detr_coco_tiny", *SMOKE, "data.num_classes=null", "test=false"], output_dir=out)
+    )
+    stored = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["vtrain_config"]
+    assert stored["data"]["num_classes"] == stored["model"]["num_classes"] == 11
