@@ -137,6 +137,10 @@ def test_holdout_validates_on_part_of_train_and_tests_on_the_official_split(make
     assert _reads_alike(val, 0) and _reads_alike(test, 0)
     assert not _reads_alike(base_dataset(train), held_row)
 
+    # the loaders run on the subsets (the training one through the seeded sampler)
+    assert next(iter(datamodule.train_dataloader())) is not None
+    assert next(iter(datamodule.val_dataloader())) is not None
+
     # the official split, as the module loads it without a hold-out (where it also validates)
     plain = _datamodule(make_cfg, name)
     plain.setup("fit")
