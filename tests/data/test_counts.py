@@ -14,6 +14,7 @@ from vtrain.data.images import collate_skip_corrupt
 from vtrain.data.loading import LoaderMixin
 from vtrain.data.palette import Palette
 from vtrain.data.pixels import PixelSequences, build_pixel_transform
+from vtrain.data.splits import with_attributes
 
 
 class _Scanned(Dataset):
@@ -67,6 +68,9 @@ def test_corrupt_images_behind_wrappers_are_counted_over_workers(tmp_path, num_w
 
     assert module.data_counts() == {"data/corrupt_images_skipped": 1, "data/files_skipped_extension": 1}
     assert collect_counts([images]) == module.data_counts()
+    # a hold-out's eval-transform view shares the reader's loader: its skipped images count once
+    view = with_attributes(images, transform=None)
+    assert collect_counts([images, view]) == module.data_counts()
 
 
 def test_report_counts_warns_for_each_non_zero_count(caplog):

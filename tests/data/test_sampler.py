@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from vtrain.data.sampler import SeededSamples, SeededShuffleSampler, sample_seed
 
@@ -47,6 +48,17 @@ def test_the_callers_random_state_is_left_alone():
     torch.manual_seed(0)
     SeededSamples(RandomDraws())[(5, sample_seed(0, 0, 5))]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_wrapped_subset_draws_as_its_samples_do():
+    # a Subset has `__getitems__`, which the DataLoader prefers; through the wrapper it must not be found
+    subset = Subset(RandomDraws(), range(0, 24, 2))
+    sampler = SeededShuffleSampler(subset, seed=3)
+    batches = list(DataLoader(SeededSamples(subset), batch_size=4, sampler=sampler))
+    expected = [SeededSamples(subset)[key] for key in sampler]
+    assert [pair for batch in batches for pair in zip(*(t.tolist() for t in batch), strict=True)] == [
+        (index, pytest.approx(draw)) for index, draw in expected
+    ]
 
 
 def test_sample_seeds_differ_between_neighbours_and_fit_in_63_bits():

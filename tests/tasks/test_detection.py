@@ -42,8 +42,11 @@ class ShowTargets(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         pl_module.model.targets = batch[2]
 
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        pl_module.model.targets = batch[2]
 
-def _datamodule(data_dir) -> DetectionDataModule:
+
+def _datamodule(data_dir, holdout: float | None = None) -> DetectionDataModule:
     return DetectionDataModule(
         root=str(data_dir / "coco_tiny"),
         tiny="coco_tiny",
@@ -58,6 +61,7 @@ def _datamodule(data_dir) -> DetectionDataModule:
         num_workers=0,
         persistent_workers=False,
         pin_memory=False,
+        holdout=holdout,
     )
 
 
@@ -71,7 +75,9 @@ def _task(model: nn.Module, **kwargs) -> DetectionTask:
     )
 
 
-def test_an_oracle_scores_ap_one_and_its_boxes_are_drawn(data_dir, tmp_path):
+# With a hold-out, validation is scored against the training annotations and test against the val ones.
+@pytest.mark.parametrize("holdout", [None, 0.25])
+def test_an_oracle_scores_ap_one_and_its_boxes_are_drawn(data_dir, tmp_path, holdout):
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -80,14 +86,15 @@ def test_an_oracle_scores_ap_one_and_its_boxes_are_drawn(data_dir, tmp_path):
         callbacks=[ShowTargets()],
         default_root_dir=tmp_path,
     )
-    metrics = trainer.validate(
-        _task(Oracle(11), num_pictures=2), datamodule=_datamodule(data_dir), verbose=False
-    )[0]
+    task, datamodule = _task(Oracle(11), num_pictures=2), _datamodule(data_dir, holdout)
+    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
     assert metrics["val/AP"] == pytest.approx(1.0)
     assert metrics["val/AP50"] == pytest.approx(1.0)
     assert metrics["val/loss_bbox"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["val/class_error"] == pytest.approx(0.0)
     assert len(list((tmp_path / "pictures").glob("val_step*.png"))) == 1
+    assert trainer.test(task, datamodule=datamodule, verbose=False)[0]["test/AP"] == pytest.approx(1.0)
+    assert task.evaluator.annotation_file.name == "instances_val2017.json"
 
 
 def test_backbone_gets_its_own_learning_rate_and_frozen_layers_are_left_out():

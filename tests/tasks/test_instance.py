@@ -58,8 +58,13 @@ class ShowTargets(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         pl_module.model.targets = batch[1]
 
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        pl_module.model.targets = batch[1]
 
-def test_an_oracle_scores_box_and_mask_ap_one(data_dir, tmp_path):
+
+# With a hold-out, validation is scored against the training annotations and test against the val ones.
+@pytest.mark.parametrize("holdout", [None, 0.25])
+def test_an_oracle_scores_box_and_mask_ap_one(data_dir, tmp_path, holdout):
     dm = InstanceSegmentationDataModule(
         root=str(data_dir / "coco_tiny"),
         tiny="coco_tiny",
@@ -68,6 +73,7 @@ def test_an_oracle_scores_box_and_mask_ap_one(data_dir, tmp_path):
         num_workers=0,
         persistent_workers=False,
         pin_memory=False,
+        holdout=holdout,
     )
     task = InstanceSegmentationTask(Oracle(), functools.partial(torch.optim.SGD, lr=0.1))
     trainer = L.Trainer(
@@ -81,6 +87,8 @@ def test_an_oracle_scores_box_and_mask_ap_one(data_dir, tmp_path):
     metrics = trainer.validate(task, datamodule=dm, verbose=False)[0]
     assert metrics["val/AP"] == pytest.approx(1.0) and metrics["val/mask_AP"] == pytest.approx(1.0)
     assert list((tmp_path / "pictures").glob("val_step*.png"))
+    metrics = trainer.test(task, datamodule=dm, verbose=False)[0]
+    assert metrics["test/AP"] == pytest.approx(1.0) and metrics["test/mask_AP"] == pytest.approx(1.0)
 
 
 def test_fpt_maskrcnn_tiny_smoke_run_logs_box_and_mask_ap(make_cfg, tmp_path):

@@ -62,8 +62,11 @@ class ShowTargets(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         pl_module.model.targets = batch[2]
 
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        pl_module.model.targets = batch[2]
 
-def _datamodule(data_dir) -> PanopticDataModule:
+
+def _datamodule(data_dir, holdout: float | None = None) -> PanopticDataModule:
     return PanopticDataModule(
         root=str(data_dir / "coco_panoptic_tiny"),
         tiny="coco_panoptic_tiny",
@@ -77,10 +80,13 @@ def _datamodule(data_dir) -> PanopticDataModule:
         num_workers=0,
         persistent_workers=False,
         pin_memory=False,
+        holdout=holdout,
     )
 
 
-def test_an_oracle_scores_pq_100_and_ap_one_and_its_segments_are_drawn(data_dir, tmp_path):
+# With a hold-out, validation is scored against the training annotations and test against the val ones.
+@pytest.mark.parametrize("holdout", [None, 0.25])
+def test_an_oracle_scores_pq_100_and_ap_one_and_its_segments_are_drawn(data_dir, tmp_path, holdout):
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -96,7 +102,8 @@ def test_an_oracle_scores_pq_100_and_ap_one_and_its_segments_are_drawn(data_dir,
         functools.partial(torch.optim.AdamW, lr=1e-4),
         num_pictures=2,
     )
-    metrics = trainer.validate(task, datamodule=_datamodule(data_dir), verbose=False)[0]
+    datamodule = _datamodule(data_dir, holdout)
+    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
     for name in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
         assert metrics[f"val/{name}"] == pytest.approx(100), name
     assert metrics["val/N_th"] == 4 and metrics["val/N_st"] == 4
@@ -107,6 +114,8 @@ def test_an_oracle_scores_pq_100_and_ap_one_and_its_segments_are_drawn(data_dir,
         (12, 13, 15, 17), False
     )
     assert len(list((tmp_path / "pictures").glob("val_panoptic_step*.png"))) == 1
+    metrics = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    assert metrics["test/PQ"] == pytest.approx(100) and metrics["test/box_AP"] == pytest.approx(1.0)
 
 
 def test_tiny_experiment_runs_through_the_cli(make_cfg, tmp_path):

@@ -33,6 +33,7 @@ from vtrain.data.counts import FILES_SKIPPED_EXTENSION, ScanCounts, log_left_out
 from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD
 from vtrain.data.images import ImageSizeError, open_rgb
 from vtrain.data.loading import LoaderMixin, training_set
+from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -179,18 +180,24 @@ class SegmentationTransform:
         return image, labels.contiguous()
 
 
-class SegmentationDataModule(LoaderMixin, L.LightningDataModule):
-    """Train / val / test loaders of a Cityscapes-layout set; test uses the val split.
+class SegmentationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+    """Train / val / test loaders of a Cityscapes-layout set: test reads ``val_split``, validation that split
+    too or, with ``holdout``, a random part of the training images (see vtrain.data.splits).
 
     Args:
         root: folder holding ``leftImg8bit/`` and ``gtFine/``.
-        train_split, val_split: split names.
+        train_split, val_split: split names; ``val_split`` is the evaluation split that test reads.
         num_classes: 19 (the train ids); ``class_names`` and ``palette`` follow them.
         crop_size, scale_range, eval_scale, hflip: see ``SegmentationTransform``.
         mean, std: input normalisation (ImageNet statistics for the ResNets).
         batch_size: per device; ``eval_batch_size`` defaults to it (eval images must share a size to batch).
         tiny: name of a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
-        train_subset: keep only the first N training images (debugging).
+        train_subset: keep only the first N training images (debugging; after the hold-out).
+        holdout: validate on a part of the training images instead, left out of training: a fraction in
+            (0, 1) or a count, drawn at random by image; None: no hold-out.
+        holdout_seed: the seed that picks the held-out images.
+
+    After ``setup``: ``train_set``, ``val_set`` and ``test_set``; ``val_source`` says where validation reads.
     """
 
     def __init__(
@@ -212,6 +219,8 @@ class SegmentationDataModule(LoaderMixin, L.LightningDataModule):
         persistent_workers: bool = True,
         tiny: str | None = None,
         train_subset: int | None = None,
+        holdout: float | int | None = None,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
         if num_classes != len(CITYSCAPES_CLASSES):
@@ -220,6 +229,7 @@ class SegmentationDataModule(LoaderMixin, L.LightningDataModule):
             )
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self.num_classes, self.tiny, self.train_subset = num_classes, tiny, train_subset
+        self._init_splits(holdout, holdout_seed)
         self.class_names, self.palette = CITYSCAPES_NAMES, CITYSCAPES_PALETTE
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -228,20 +238,25 @@ class SegmentationDataModule(LoaderMixin, L.LightningDataModule):
         common = dict(crop_size=crop_size, scale_range=scale_range, eval_scale=eval_scale, mean=mean, std=std)
         self.train_transform = SegmentationTransform(train=True, hflip=hflip, **common)
         self.eval_transform = SegmentationTransform(train=False, **common)
-        self.train_set: Dataset | None = None
-        self.val_set: CityscapesSegmentation | None = None
 
     def prepare_data(self) -> None:
         if self.tiny is not None:
             build_tiny(self.tiny, self.root)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.val_set is None:
-            self.val_set = CityscapesSegmentation(self.root, self.val_split, self.eval_transform)
-        if stage in (None, "fit") and self.train_set is None:
-            train_set = CityscapesSegmentation(self.root, self.train_split, self.train_transform)
-            what = f"Cityscapes {self.train_split} under {self.root}"
-            self.train_set = training_set(train_set, self.train_subset, self.batch_size, what)
+        """Loads the val split for every stage and the train split for "fit", and for "validate" with a
+        hold-out (scanned once, served with the train and the eval transforms)."""
+        if self.test_set is None:
+            test_set = CityscapesSegmentation(self.root, self.val_split, self.eval_transform)
+            self.test_set = require_samples(test_set, f"Cityscapes {self.val_split} under {self.root}")
+            if self.holdout is None:
+                self.val_set = self.test_set
+        if not self._needs_train_split(stage):
+            return
+        train = CityscapesSegmentation(self.root, self.train_split, self.train_transform)
+        what = f"Cityscapes {self.train_split} under {self.root}"
+        train = self._hold_out(train, with_attributes(train, transform=self.eval_transform), what)
+        self.train_set = training_set(train, self.train_subset, self.batch_size, what)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
@@ -250,4 +265,4 @@ class SegmentationDataModule(LoaderMixin, L.LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, train=False)

@@ -14,6 +14,7 @@ from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
 from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
+from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 from vtrain.data.transforms import build_classification_transforms
 
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 DATASETS = ("cifar10", "cifar100", "imagenet")
 
 
-class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
-    """Train / val / test loaders for ``dataset``; test uses the val split.
+class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+    """Train / val / test loaders for ``dataset``: test reads the official evaluation split (CIFAR: the
+    test batch; ImageNet: val), validation that split too or, with ``holdout``, a class-stratified part of
+    the training split (see vtrain.data.splits).
 
     Args:
         dataset: "cifar10", "cifar100" or "imagenet" (folder or Kaggle layout, see vtrain.data.imagenet).
@@ -37,9 +40,15 @@ class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
         skip_corrupt: ImageNet: drop unreadable images from their batch instead of failing; the count is
             ``corrupt_count()`` and is logged at teardown.
         tiny: name of a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
-        val_split: split for validation and test, with eval transforms: "val" (CIFAR: the test batch;
-            ImageNet: the val folder or Kaggle val) or "train" (to check that a model fits its training data).
-        train_subset: keep only the first N training samples (debugging).
+        val_split: without a hold-out, what validation reads, with eval transforms: "val" (the official
+            evaluation split, which test reads) or "train" (the whole training split, to check that a model
+            fits its training data); test reads "val" either way.
+        train_subset: keep only the first N training samples (debugging; after the hold-out).
+        holdout: validate on a part of the training split instead, left out of training: a fraction in
+            (0, 1) or a count, the same share of every class (within one sample); None: no hold-out.
+        holdout_seed: the seed that picks the held-out samples.
+
+    After ``setup``: ``train_set``, ``val_set`` and ``test_set``; ``val_source`` says where validation reads.
     """
 
     def __init__(
@@ -64,14 +73,22 @@ class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
         tiny: str | None = None,
         val_split: str = "val",
         train_subset: int | None = None,
+        holdout: float | int | None = None,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, found {dataset!r}")
         if val_split not in ("val", "train"):
             raise ValueError(f"val_split must be 'val' or 'train', found {val_split!r}")
+        if val_split == "train" and holdout is not None:
+            raise ValueError(
+                f"ClassificationDataModule: val_split='train' validates on the whole training split, "
+                f"holdout={holdout!r} on a part kept out of it; set one of them"
+            )
         self.dataset, self.root, self.num_classes, self.tiny = dataset, root, num_classes, tiny
-        self.val_split = val_split
+        self.val_split, self._val_is_test = val_split, val_split == "val"
+        self._init_splits(holdout, holdout_seed)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.collate = collate_skip_corrupt if skip_corrupt else None
@@ -91,8 +108,6 @@ class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
         )
         self.train_transform = build_classification_transforms(train=True, **transform_args)
         self.eval_transform = build_classification_transforms(train=False, **transform_args)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     def prepare_data(self) -> None:
         if self.tiny is not None:
@@ -114,17 +129,22 @@ class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        """Loads the val split for every stage and the train split for "fit" (scanning ImageNet's
-        training folders takes a while, so validate / test runs skip it)."""
-        if self.val_set is None:
-            self.val_set = self._load(self.val_split, train=False)
-        if stage not in (None, "fit") or self.train_set is not None:
+        """Loads the official evaluation split for every stage and the train split for "fit", and for
+        "validate" when validation reads it (scanning ImageNet's training folders takes a while, so other
+        validate / test runs skip it). The training split is scanned once and read with both pipelines."""
+        what = f"{self.dataset} under {self.root}"
+        if self.test_set is None:
+            self.test_set = require_samples(self._load("val", train=False), f"{what}, evaluation split")
+            if self.holdout is None and self._val_is_test:
+                self.val_set = self.test_set
+        if not self._needs_train_split(stage):
             return
-        train_set = self._load("train", train=True)
-        train_set = training_set(
-            train_set, self.train_subset, self.batch_size, f"{self.dataset} under {self.root}"
-        )
-        self.train_set = train_set
+        train = self._load("train", train=True)
+        eval_view = with_attributes(train, transform=self.eval_transform)
+        if not self._val_is_test:
+            self.val_set = eval_view
+        train = self._hold_out(train, eval_view, f"{what}, training split", labels=train.targets)
+        self.train_set = training_set(train, self.train_subset, self.batch_size, what)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
@@ -133,11 +153,11 @@ class ClassificationDataModule(LoaderMixin, L.LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
     def corrupt_count(self) -> int:
         """Images skipped as corrupt so far, over all splits and worker processes."""
-        return corrupt_images_skipped(self.train_set, self.val_set)
+        return corrupt_images_skipped(self.train_set, self.val_set, self.test_set)
 
     def teardown(self, stage: str) -> None:
         if self.skip_corrupt:

@@ -181,29 +181,36 @@ class CocoPanoptic(Dataset):
 
 
 class PanopticDataModule(DetectionDataModule):
-    """Train / val / test loaders for the COCO-panoptic-format set under ``root``; test uses the val split.
+    """Train / val / test loaders for the COCO-panoptic-format set under ``root``: test reads ``val_split``,
+    validation that split too or, with ``holdout``, a random part of the training images.
 
     Arguments as :class:`~vtrain.data.detection.DetectionDataModule` (DETR's augmentation moves the masks
     with the image), except that ``num_classes`` may exceed the largest category id + 1 (DETR's panoptic
     models have 250 classes for COCO's ids up to 200). Batches are ``(images, mask, targets)`` whose targets
-    also hold ``masks`` [N, h, w] bool at the size of the transformed (unpadded) image.
+    also hold ``masks`` [N, h, w] bool at the size of the transformed (unpadded) image. Box and mask AP
+    read ``val_annotation_file`` / ``test_annotation_file`` (instances files) when they exist.
     """
 
-    @property
-    def val_annotation_file(self) -> Path:
-        """The val split's instances file (for box and mask AP; may not exist)."""
-        return Path(self.root) / "annotations" / f"instances_{self.val_split}2017.json"
+    def _panoptic_file(self, split: str) -> Path:
+        return Path(self.root) / "annotations" / f"panoptic_{split}2017.json"
 
     @property
     def val_panoptic_file(self) -> Path:
-        """The val split's ``panoptic_<split>2017.json`` (for PQ)."""
-        return Path(self.root) / "annotations" / f"panoptic_{self.val_split}2017.json"
+        """The validation images' ``panoptic_<split>2017.json`` (for PQ, which scores the images it sees):
+        the training split's with a hold-out, else the val split's."""
+        return self._panoptic_file(self.train_split if self.holdout is not None else self.val_split)
+
+    @property
+    def test_panoptic_file(self) -> Path:
+        """The val split's ``panoptic_<split>2017.json`` (for PQ of the test run)."""
+        return self._panoptic_file(self.val_split)
 
     @property
     def val_dataset(self) -> CocoPanoptic:
-        if self.val_set is None:
+        """A ``CocoPanoptic`` of this set (categories, ``isthing``, ``colors``; the same in every split)."""
+        if self.test_set is None:
             raise RuntimeError("PanopticDataModule: call setup() first")
-        return self.val_set
+        return self.test_set
 
     def _load(self, split: str, train: bool) -> CocoPanoptic:
         transform = self.train_transform if train else self.eval_transform

@@ -89,9 +89,11 @@ def held_datasets(owner: object) -> list[Dataset]:
 def collect_counts(datasets: Iterable[Dataset]) -> dict[str, int]:
     """The counts of ``datasets``: their ``scan_counts`` summed over distinct sources, and
     ``data/corrupt_images_skipped``, the images their ``ImageFileLoader`` skipped so far (over all worker
-    processes), when any of them loads image files. Keys that none of them counts are absent."""
+    processes), when any of them loads image files; a loader that several data sets share (a split and its
+    eval-transform view, see vtrain.data.splits) counts once. Keys that none of them counts are absent."""
     totals: dict[str, int] = {}
     sources: set[str] = set()
+    loaders: set[int] = set()
     corrupt: int | None = None
     for dataset in datasets:
         scan = getattr(dataset, "scan_counts", None)
@@ -99,8 +101,10 @@ def collect_counts(datasets: Iterable[Dataset]) -> dict[str, int]:
             sources.add(scan.source)
             for key, count in scan.counts.items():
                 totals[key] = totals.get(key, 0) + count
-        skipped = getattr(getattr(dataset, "loader", None), "skipped", None)
-        if isinstance(skipped, int):
+        loader = getattr(dataset, "loader", None)
+        skipped = getattr(loader, "skipped", None)
+        if isinstance(skipped, int) and id(loader) not in loaders:
+            loaders.add(id(loader))
             corrupt = (corrupt or 0) + skipped
     if corrupt is not None:
         totals[CORRUPT_IMAGES_SKIPPED] = corrupt

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from vtrain.data.counts import FILES_SKIPPED_EXTENSION, ScanCounts, log_left_out
 from vtrain.data.images import ImageFileLoader
 from vtrain.data.loading import LoaderMixin, training_set
+from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
 SCALE = 4
@@ -104,7 +105,8 @@ class CUFEDTrain(Dataset):
     Args:
         root: the folder holding ``input/`` and ``ref/``.
         ref_size: references are padded (with black, bottom-right) to ``ref_size`` x ``ref_size`` so that
-            they batch (official: 160, the largest CUFED reference).
+            they batch (official: 160, the largest CUFED reference); None: left as they are (evaluation,
+            one pair per batch).
         augment: random horizontal / vertical flips and 90-degree rotations, drawn independently for the
             HR image (with its LR) and for the reference, as in the official code. Rotations by 90 / 270
             degrees only for square HR images, so that a batch keeps one shape.
@@ -115,7 +117,11 @@ class CUFEDTrain(Dataset):
     """
 
     def __init__(
-        self, root: str | Path, ref_size: int = 160, augment: bool = True, crop_size: int | None = None
+        self,
+        root: str | Path,
+        ref_size: int | None = 160,
+        augment: bool = True,
+        crop_size: int | None = None,
     ) -> None:
         root = Path(root)
         for sub in ("input", "ref"):
@@ -150,7 +156,7 @@ class CUFEDTrain(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         hr, ref = self.loader(self.inputs[index]), self.loader(self.refs[index])
-        if max(ref.size) > self.ref_size:
+        if self.ref_size is not None and max(ref.size) > self.ref_size:
             raise ValueError(
                 f"{self.refs[index]}: reference {ref.size} is larger than ref_size {self.ref_size}"
             )
@@ -166,11 +172,12 @@ class CUFEDTrain(Dataset):
             )
             hr = hr.crop((left, top, left + self.crop_size, top + self.crop_size))
         sample = hr_sample(hr, ref)
-        for key in ("ref", "ref_down_up"):
-            x = sample[key]
-            padded = torch.full((3, self.ref_size, self.ref_size), -1.0)
-            padded[:, : x.shape[1], : x.shape[2]] = x
-            sample[key] = padded
+        if self.ref_size is not None:
+            for key in ("ref", "ref_down_up"):
+                x = sample[key]
+                padded = torch.full((3, self.ref_size, self.ref_size), -1.0)
+                padded[:, : x.shape[1], : x.shape[2]] = x
+                sample[key] = padded
         if self.augment:
             square = sample["hr"].shape[1] == sample["hr"].shape[2]
             lr_keys, ref_keys = ("lr", "lr_up", "hr"), ("ref", "ref_down_up")
@@ -229,8 +236,10 @@ class CUFED5(Dataset):
         return {**hr_sample(hr, ref), "name": self.inputs[index].stem, "ref_level": self.ref_level}
 
 
-class SuperResolutionDataModule(LoaderMixin, L.LightningDataModule):
-    """CUFED training pairs, CUFED5 validation (one reference level) and test (one loader per level).
+class SuperResolutionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+    """CUFED training pairs, CUFED5 test (one loader per reference level) and validation: CUFED5 at one
+    reference level or, with ``holdout``, a random part of the training pairs, unaugmented, uncropped and
+    with unpadded references (see vtrain.data.splits).
 
     Args:
         root: data set root (the official ``dataset_dir``).
@@ -242,7 +251,13 @@ class SuperResolutionDataModule(LoaderMixin, L.LightningDataModule):
         augment, crop_size: training augmentation, see :class:`CUFEDTrain`.
         batch_size: training batch size (official: 9); evaluation runs one image at a time (sizes differ).
         tiny: name of a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
-        train_subset: keep only the first N training pairs (debugging).
+        train_subset: keep only the first N training pairs (debugging; after the hold-out).
+        holdout: validate on a part of the training pairs instead, left out of training: a fraction in
+            (0, 1) or a count, drawn at random by pair; None: no hold-out.
+        holdout_seed: the seed that picks the held-out pairs.
+
+    After ``setup``: ``train_set``, ``val_set``, ``test_set`` (CUFED5 at ``ref_level``) and ``test_sets``
+    (one per level of ``test_ref_levels``); ``val_source`` says where validation reads.
     """
 
     def __init__(
@@ -261,9 +276,12 @@ class SuperResolutionDataModule(LoaderMixin, L.LightningDataModule):
         crop_size: int | None = None,
         tiny: str | None = None,
         train_subset: int | None = None,
+        holdout: float | int | None = None,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
         self.root, self.tiny = Path(root), tiny
+        self._init_splits(holdout, holdout_seed)
         self.train_dir, self.test_dir = self.root / train_dir, self.root / test_dir
         self.ref_level, self.test_ref_levels = ref_level, list(test_ref_levels)
         self.ref_size, self.batch_size, self.augment, self.crop_size = (
@@ -275,8 +293,6 @@ class SuperResolutionDataModule(LoaderMixin, L.LightningDataModule):
         self.num_workers, self.train_subset = num_workers, train_subset
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
         self.test_sets: list[Dataset] = []
 
     def prepare_data(self) -> None:
@@ -284,14 +300,20 @@ class SuperResolutionDataModule(LoaderMixin, L.LightningDataModule):
             build_tiny(self.tiny, self.root)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.val_set is None:
-            self.val_set = CUFED5(self.test_dir, self.ref_level)
+        """Loads CUFED5 for every stage and the training pairs for "fit", and for "validate" with a
+        hold-out."""
+        if self.test_set is None:
+            self.test_set = require_samples(CUFED5(self.test_dir, self.ref_level), f"CUFED5 {self.test_dir}")
             self.test_sets = [CUFED5(self.test_dir, level) for level in self.test_ref_levels]
-        if stage in (None, "fit") and self.train_set is None:
-            train_set = CUFEDTrain(self.train_dir, self.ref_size, self.augment, self.crop_size)
-            self.train_set = training_set(
-                train_set, self.train_subset, self.batch_size, f"CUFED under {self.train_dir}"
-            )
+            if self.holdout is None:
+                self.val_set = self.test_set
+        if not self._needs_train_split(stage):
+            return
+        train = CUFEDTrain(self.train_dir, self.ref_size, self.augment, self.crop_size)
+        eval_view = with_attributes(train, ref_size=None, augment=False, crop_size=None)
+        what = f"CUFED under {self.train_dir}"
+        train = self._hold_out(train, eval_view, what)
+        self.train_set = training_set(train, self.train_subset, self.batch_size, what)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytorch_lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from vtrain.data.coco import CocoDetection, collate_detection
 from vtrain.data.detection_transforms import (
@@ -28,17 +28,21 @@ from vtrain.data.detection_transforms import (
     build_detr_transforms,
 )
 from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
+from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
 
 
-class DetectionDataModule(LoaderMixin, L.LightningDataModule):
-    """Train / val / test loaders for the COCO-format set under ``root``; test uses the val split.
+class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+    """Train / val / test loaders for the COCO-format set under ``root``: test reads ``val_split``,
+    validation that split too or, with ``holdout``, a random part of the training images (see
+    vtrain.data.splits).
 
     Args:
         root: folder holding ``annotations/instances_<split>2017.json`` and ``<split>2017/``.
-        train_split, val_split: split names; val_split "train" checks that a model fits its training data.
+        train_split, val_split: split names; ``val_split`` is the evaluation split that test reads (and,
+            without a hold-out, validation); "train" checks that a model fits its training data.
         num_classes: expected max category id + 1 (91 for COCO); a mismatch with the data raises. None
             takes it from the annotation file (``self.num_classes`` after ``setup``).
         scales, max_size, pre_crop_scales, crop_min, crop_max, eval_size, hflip: DETR's augmentation, see
@@ -48,10 +52,15 @@ class DetectionDataModule(LoaderMixin, L.LightningDataModule):
         size_divisibility: pad each batch to a multiple of this (1: to the largest image only, as DETR).
         skip_corrupt: drop unreadable images from their batch instead of failing; ``corrupt_count()``.
         tiny: name of a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
-        train_subset: keep only the first N training images (debugging).
+        train_subset: keep only the first N training images (debugging; after the hold-out).
+        holdout: validate on a part of the training images instead, left out of training: a fraction in
+            (0, 1) or a count, drawn at random by image; None: no hold-out.
+        holdout_seed: the seed that picks the held-out images.
 
-    Both splits get DETR's targets, crowd regions left out (the validation loss is the training loss);
-    COCO mAP is computed against ``val_annotation_file``, where the crowd regions are.
+    Every split gets DETR's targets, crowd regions left out (the validation loss is the training loss);
+    COCO mAP is computed against ``val_annotation_file`` / ``test_annotation_file``, where the crowd regions
+    are (COCOeval scores only the images it was given, so a hold-out is scored against the training file).
+    After ``setup``: ``train_set``, ``val_set`` and ``test_set``; ``val_source`` says where validation reads.
     """
 
     def __init__(
@@ -78,9 +87,12 @@ class DetectionDataModule(LoaderMixin, L.LightningDataModule):
         skip_corrupt: bool = False,
         tiny: str | None = None,
         train_subset: int | None = None,
+        holdout: float | int | None = None,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
         self.root, self.train_split, self.val_split = root, train_split, val_split
+        self._init_splits(holdout, holdout_seed)
         self.num_classes, self.tiny, self.train_subset = num_classes, tiny, train_subset
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -95,20 +107,27 @@ class DetectionDataModule(LoaderMixin, L.LightningDataModule):
         crops = dict(pre_crop_scales=tuple(pre_crop_scales), crop_min=crop_min, crop_max=crop_max)
         self.train_transform = build_detr_transforms(train=True, hflip=hflip, **common, **crops)
         self.eval_transform = build_detr_transforms(train=False, **common)
-        self.train_set: Dataset | None = None
-        self.val_set: CocoDetection | None = None
+
+    def _annotation_file(self, split: str) -> Path:
+        return Path(self.root) / "annotations" / f"instances_{split}2017.json"
 
     @property
     def val_annotation_file(self) -> Path:
-        """The val split's annotation file, for COCO evaluation (pycocotools COCOeval)."""
-        return Path(self.root) / "annotations" / f"instances_{self.val_split}2017.json"
+        """The annotation file of the validation images, for COCO evaluation (pycocotools COCOeval): the
+        training split's with a hold-out, else the val split's."""
+        return self._annotation_file(self.train_split if self.holdout is not None else self.val_split)
+
+    @property
+    def test_annotation_file(self) -> Path:
+        """The val split's annotation file, for COCO evaluation of the test run."""
+        return self._annotation_file(self.val_split)
 
     @property
     def category_names(self) -> list[str]:
         """Category names by label ("N/A" for ids the file does not use); needs ``setup``."""
-        if self.val_set is None:
-            raise RuntimeError("DetectionDataModule: call setup() before asking for category_names")
-        return self.val_set.category_names
+        if self.test_set is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for category_names")
+        return self.test_set.category_names
 
     def prepare_data(self) -> None:
         if self.tiny is not None:
@@ -128,21 +147,25 @@ class DetectionDataModule(LoaderMixin, L.LightningDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        """Loads the val split for every stage and the train split for "fit"."""
-        if self.val_set is None:
-            self.val_set = self._load(self.val_split, train=False)
-        if stage not in (None, "fit") or self.train_set is not None:
+        """Loads the val split for every stage and the train split for "fit", and for "validate" with a
+        hold-out (read once, served with the train and the eval transforms)."""
+        if self.test_set is None:
+            test_set = self._load(self.val_split, train=False)
+            self.test_set = require_samples(test_set, f"{test_set.annotation_file} ({self.val_split} split)")
+            if self.holdout is None:
+                self.val_set = self.test_set
+        if not self._needs_train_split(stage):
             return
-        train_set = self._load(self.train_split, train=True)
-        if train_set.categories != self.val_set.categories:
+        train = self._load(self.train_split, train=True)
+        if train.categories != self.test_set.categories:
             raise ValueError(
-                f"{train_set.annotation_file} and {self.val_set.annotation_file} declare different "
-                f"categories: {train_set.categories} and {self.val_set.categories}"
+                f"{train.annotation_file} and {self.test_set.annotation_file} declare different "
+                f"categories: {train.categories} and {self.test_set.categories}"
             )
-        train_set = training_set(
-            train_set, self.train_subset, self.batch_size, f"COCO {self.train_split} under {self.root}"
-        )
-        self.train_set = train_set
+        eval_view = with_attributes(train, transform=self.eval_transform)
+        train = self._hold_out(train, eval_view, f"{train.annotation_file} ({self.train_split} split)")
+        what = f"COCO {self.train_split} under {self.root}"
+        self.train_set = training_set(train, self.train_subset, self.batch_size, what)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
@@ -151,11 +174,11 @@ class DetectionDataModule(LoaderMixin, L.LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
     def corrupt_count(self) -> int:
-        """Images skipped as corrupt so far, over both splits and all worker processes."""
-        return corrupt_images_skipped(self.train_set, self.val_set)
+        """Images skipped as corrupt so far, over all splits and worker processes."""
+        return corrupt_images_skipped(self.train_set, self.val_set, self.test_set)
 
     def teardown(self, stage: str) -> None:
         if self.skip_corrupt:

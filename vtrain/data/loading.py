@@ -9,6 +9,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vtrain.data.counts import collect_counts, held_datasets
 from vtrain.data.sampler import SeededSamples, SeededShuffleSampler
+from vtrain.data.splits import base_dataset
 
 
 def training_set(dataset: Dataset, subset: int | None, batch_size: int, what: str) -> Dataset:
@@ -95,6 +96,8 @@ class LoaderMixin:
 
 def corrupt_images_skipped(*datasets: Dataset | None) -> int:
     """Images skipped as corrupt so far by the datasets' image loaders (`ImageFileLoader.skipped`, summed
-    over worker processes); datasets without such a loader (CIFAR's in-memory arrays) count 0."""
-    bases = [d.dataset if isinstance(d, Subset) else d for d in datasets if d is not None]
-    return sum(d.loader.skipped for d in bases if hasattr(getattr(d, "loader", None), "skipped"))
+    over worker processes); datasets without such a loader (CIFAR's in-memory arrays) count 0. A loader
+    that several datasets share (a split and its eval-transform view, see vtrain.data.splits) counts once."""
+    loaders = [getattr(base_dataset(d), "loader", None) for d in datasets]
+    unique = {id(loader): loader for loader in loaders if hasattr(loader, "skipped")}
+    return sum(loader.skipped for loader in unique.values())

@@ -22,6 +22,7 @@ from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
 from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
 from vtrain.data.palette import Palette, fit_palette, to_unit_range
+from vtrain.data.splits import SplitsMixin, base_dataset, require_samples
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,10 @@ class PixelSequences(Dataset):
         return self.palette.quantize_images(self.transform(image).as_subclass(torch.Tensor)), label
 
 
-class PixelDataModule(LoaderMixin, L.LightningDataModule):
-    """Palette-index sequences of CIFAR-10 / CIFAR-100 / ImageNet images; test uses the val split.
+class PixelDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+    """Palette-index sequences of CIFAR-10 / CIFAR-100 / ImageNet images: test reads the official evaluation
+    split (CIFAR: the test batch; ImageNet: val), validation that split too or, with ``holdout``, a
+    class-stratified part of the training split (see vtrain.data.splits).
 
     Args:
         dataset: "cifar10", "cifar100" or "imagenet".
@@ -88,10 +91,18 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
         palette_steps: mini-batch k-means updates.
         hflip: random horizontal flips of training images.
         batch_size: per device; ``eval_batch_size`` defaults to it.
-        probe_train_size: training images (the first ones, unaugmented) a linear probe is fitted on.
+        probe_train_size: training images (the first ones, unaugmented; none of the held-out ones) a linear
+            probe is fitted on.
         skip_corrupt: ImageNet: drop unreadable images instead of failing.
         tiny: a ``vtrain.data.tiny`` set that ``prepare_data`` builds into ``root`` when missing.
-        train_subset: keep only the first N training images (debugging).
+        train_subset: keep only the first N training images (debugging; after the hold-out).
+        holdout: validate on a part of the training split instead, left out of training and of the probe's
+            training images: a fraction in (0, 1) or a count, the same share of every class (within one
+            image); None: no hold-out. The palette is fitted on training images, held-out ones included.
+        holdout_seed: the seed that picks the held-out images.
+
+    After ``setup``: ``train_set``, ``val_set``, ``test_set`` and ``probe_train_set``; ``val_source`` says
+    where validation reads.
     """
 
     def __init__(
@@ -115,10 +126,13 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
         skip_corrupt: bool = False,
         tiny: str | None = None,
         train_subset: int | None = None,
+        holdout: float | int | None = None,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"PixelDataModule: dataset must be one of {DATASETS}, found {dataset!r}")
+        self._init_splits(holdout, holdout_seed)
         self.dataset, self.root, self.num_classes, self.image_size = dataset, root, num_classes, image_size
         self.palette_size, self.palette_images = palette_size, palette_images
         self.palette_seed, self.palette_steps = palette_seed, palette_steps
@@ -133,8 +147,6 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.probe_train_size = probe_train_size
         self.palette: Palette | None = None
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
         self.probe_train_set: Dataset | None = None
 
     def _images(self, split: str) -> Dataset:
@@ -177,8 +189,8 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
             self._fit_palette()
 
     def setup(self, stage: str | None = None) -> None:
-        """Loads (or fits) the palette, the val split, the probe's training images and, for "fit", the
-        train split."""
+        """Loads (or fits) the palette, the val split, the probe's training images and, for "fit" (and
+        "validate" with a hold-out), the train split."""
         if self.palette is None:
             self.palette = (
                 Palette.load(self.palette_path) if self.palette_path.is_file() else self._fit_palette()
@@ -189,25 +201,30 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
                     f"{self.palette_path}: {found} colours, but palette_size is {self.palette_size}"
                 )
         eval_transform = build_pixel_transform(self.image_size, self.dataset, train=False)
-        if self.val_set is None:
-            self.val_set = PixelSequences(self._images("val"), eval_transform, self.palette)
-        need_train = stage in (None, "fit") and self.train_set is None
+        what = f"{self.dataset} under {self.root}"
+        if self.test_set is None:
+            test_set = PixelSequences(self._images("val"), eval_transform, self.palette)
+            self.test_set = require_samples(test_set, f"{what}, evaluation split")
+            if self.holdout is None:
+                self.val_set = self.test_set
+        need_train = self._needs_train_split(stage)
         need_probe = stage in (None, "fit", "validate", "test") and self.probe_train_set is None
         if not (need_train or need_probe):
             return
         images = self._images("train")  # scanned once per stage at most (ImageNet: a walk of its folders)
+        train_transform = build_pixel_transform(self.image_size, self.dataset, True, self.hflip)
+        eval_view = PixelSequences(images, eval_transform, self.palette)
+        train = self._hold_out(
+            PixelSequences(images, train_transform, self.palette),
+            eval_view,
+            f"{what}, training split",
+            labels=images.targets,
+        )
         if need_probe:
-            probe_size = min(self.probe_train_size, len(images))
-            self.probe_train_set = Subset(
-                PixelSequences(images, eval_transform, self.palette), range(probe_size)
-            )
+            kept = train.indices if isinstance(train, Subset) else range(len(images))
+            self.probe_train_set = Subset(eval_view, list(kept[: self.probe_train_size]))
         if need_train:
-            train = PixelSequences(
-                images, build_pixel_transform(self.image_size, self.dataset, True, self.hflip), self.palette
-            )
-            self.train_set = training_set(
-                train, self.train_subset, self.batch_size, f"{self.dataset} under {self.root}"
-            )
+            self.train_set = training_set(train, self.train_subset, self.batch_size, what)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
@@ -216,7 +233,7 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
     def probe_train_dataloader(self) -> DataLoader:
         """The first ``probe_train_size`` training images, unaugmented, in order (a probe's training set)."""
@@ -224,5 +241,5 @@ class PixelDataModule(LoaderMixin, L.LightningDataModule):
 
     def corrupt_count(self) -> int:
         """Images skipped as corrupt so far, over all splits and worker processes."""
-        sets = [s.dataset if isinstance(s, Subset) else s for s in (self.train_set, self.val_set)]
+        sets = (base_dataset(s) for s in (self.train_set, self.val_set, self.test_set))
         return corrupt_images_skipped(*(getattr(s, "images", None) for s in sets))

@@ -100,7 +100,8 @@ class SeededSamples(Dataset):
         return self.dataset[key]
 
     def __getattr__(self, name: str):
-        # `loader.dataset.categories`, `.loader` and the like keep working through the wrapper
-        if name == "dataset":
+        # `loader.dataset.categories`, `.loader` and the like keep working through the wrapper; special
+        # names do not: a wrapped Subset's `__getitems__` would fetch (index, seed) keys past `__getitem__`
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)

@@ -124,13 +124,15 @@ class DetectionTask(L.LightningModule):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
         return loss
 
-    def _start_evaluation(self) -> None:
+    def _start_evaluation(self, stage: str) -> None:
+        """A COCO evaluator on the annotation file of ``stage``'s images ("val" / "test"): with a
+        hold-out, validation and test read different files."""
         datamodule = self.trainer.datamodule
-        annotation_file = getattr(datamodule, "val_annotation_file", None)
+        annotation_file = getattr(datamodule, f"{stage}_annotation_file", None)
         if annotation_file is None:
             raise ValueError(
                 "DetectionTask evaluates against a COCO annotation file: the data module must "
-                "expose `val_annotation_file`"
+                f"expose `{stage}_annotation_file`"
             )
         if self.evaluator is None or self.evaluator.annotation_file != Path(annotation_file):
             self.evaluator = CocoEvaluator(annotation_file, backend=self.eval_backend)
@@ -153,7 +155,7 @@ class DetectionTask(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name == "AP", rank_zero_only=False)
 
     def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
+        self._start_evaluation("val")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -162,7 +164,7 @@ class DetectionTask(L.LightningModule):
         self._finish_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
+        self._start_evaluation("test")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")

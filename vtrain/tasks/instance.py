@@ -95,12 +95,13 @@ class InstanceSegmentationTask(L.LightningModule):
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
         return loss
 
-    def _start_evaluation(self) -> None:
-        annotation_file = getattr(self.trainer.datamodule, "val_annotation_file", None)
+    def _start_evaluation(self, stage: str) -> None:
+        """COCO box / mask evaluators on the annotation file of ``stage``'s images ("val" / "test")."""
+        annotation_file = getattr(self.trainer.datamodule, f"{stage}_annotation_file", None)
         if annotation_file is None:
             raise ValueError(
                 "InstanceSegmentationTask evaluates against a COCO annotation file: the data module must "
-                "expose `val_annotation_file`"
+                f"expose `{stage}_annotation_file`"
             )
         if self.box_evaluator is None or self.box_evaluator.annotation_file != Path(annotation_file):
             self.box_evaluator = CocoEvaluator(annotation_file, backend=self.eval_backend)
@@ -125,7 +126,7 @@ class InstanceSegmentationTask(L.LightningModule):
                 self.log(f"{stage}/{prefix}{name}", value, prog_bar=name == "AP", rank_zero_only=False)
 
     def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
+        self._start_evaluation("val")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -134,7 +135,7 @@ class InstanceSegmentationTask(L.LightningModule):
         self._finish_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
+        self._start_evaluation("test")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")

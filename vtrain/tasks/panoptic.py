@@ -67,14 +67,16 @@ class PanopticTask(DetectionTask):
             :class:`~vtrain.tasks.DetectionTask`.
         num_pictures: validation images drawn, ground truth beside prediction, each validation (0: none).
         box_mask_ap: also compute box AP and mask AP (COCOeval bbox and segm, every query scored, masks
-            binarised at ``mask_threshold``) when the data module's ``val_annotation_file`` exists.
+            binarised at ``mask_threshold``) when the data module's ``val_annotation_file`` (validation) /
+            ``test_annotation_file`` (test) exists.
         mask_threshold: sigmoid threshold of the masks for mask AP.
         mask_head_lr: learning rate of ``bbox_attention`` and ``mask_head`` (None: the optimizer's). Its
             per-query masks start identical and take a few hundred steps to separate (see
             docs/detr_panoptic.md); a higher rate shortens that on small runs.
 
-    The data module must expose ``val_panoptic_file`` (the ``panoptic_<split>2017.json`` next to its PNG
-    folder) and ``val_dataset`` (categories, ``isthing``, ``colors``), as
+    The data module must expose ``val_panoptic_file`` and ``test_panoptic_file`` (the
+    ``panoptic_<split>2017.json`` of the validation / test images, next to its PNG folder) and
+    ``val_dataset`` (categories, ``isthing``, ``colors``), as
     :class:`~vtrain.data.coco_panoptic.PanopticDataModule` does.
     """
 
@@ -133,20 +135,20 @@ class PanopticTask(DetectionTask):
             )
         return loss, outputs
 
-    def _start_evaluation(self) -> None:
+    def _start_evaluation(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
-        panoptic_file = getattr(datamodule, "val_panoptic_file", None)
+        panoptic_file = getattr(datamodule, f"{stage}_panoptic_file", None)
         if panoptic_file is None:
             raise ValueError(
                 "PanopticTask evaluates against a COCO panoptic annotation file: the data module must expose "
-                "`val_panoptic_file` (see vtrain.data.coco_panoptic.PanopticDataModule)"
+                f"`{stage}_panoptic_file` (see vtrain.data.coco_panoptic.PanopticDataModule)"
             )
         if self.panoptic_evaluator is None or self.panoptic_evaluator.annotation_file != Path(panoptic_file):
             self.panoptic_evaluator = PanopticEvaluator(panoptic_file)
         self.panoptic_evaluator.reset()
         if getattr(self.postprocess, "is_thing", False) is None:
             self.postprocess.is_thing = dict(self.panoptic_evaluator.isthing)
-        instances = Path(getattr(datamodule, "val_annotation_file", "") or "")
+        instances = Path(getattr(datamodule, f"{stage}_annotation_file", "") or "")
         if self.box_mask_ap and instances.is_file():
             if self.evaluator is None or self.evaluator.annotation_file != instances:
                 self.evaluator = CocoEvaluator(instances, backend=self.eval_backend)
