@@ -173,3 +173,12 @@ def test_num_classes_null_is_read_from_the_annotation_file(make_cfg, tmp_path):
     )
     stored = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["vtrain_config"]
     assert stored["data"]["num_classes"] == stored["model"]["num_classes"] == 11
+
+
+def test_a_holdout_run_selects_on_held_out_training_data_and_tests_the_official_split(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    run(make_cfg([*TINY, "data.holdout=0.1", "trainer.limit_val_batches=null"], output_dir=out))
+    info = json.loads((out / "metrics.json").read_text())["run"]
+    assert info["selection_split"] == "a hold-out of the training split"
+    assert info["split_sizes"] == {"train": 2700, "val": 300, "test": 300}
+    assert info["tested_checkpoint"].startswith("best by val/acc1: ")

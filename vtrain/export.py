@@ -6,7 +6,8 @@
 
 The model is a preset built by :func:`vtrain.create_model` (``--model``, ``--pretrained``, ``--set KEY=VALUE``
 constructor overrides) or rebuilt from a vtrain Lightning checkpoint (``--checkpoint``): the run config that
-:class:`vtrain.modes.common.SaveConfig` stores under ``vtrain_config`` gives the model, its ``state_dict`` the weights.
+:class:`vtrain.modes.common.SaveConfig` stores under ``vtrain_config`` gives the model, its ``state_dict``
+the weights.
 The file is read with ``weights_only=True`` and only model builders of ``vtrain.models`` are instantiated
 from its config, so a checkpoint cannot run code.
 

@@ -64,12 +64,19 @@ class Run:
     def info(self) -> dict[str, Any]:
         """What `metrics.json` records about the run besides its numbers."""
         optimizer = self.cfg.task.get("optimizer") or {}
+        splits = self.datamodule.split_summary() if hasattr(self.datamodule, "split_summary") else {}
+        selection = {
+            "holdout": "a hold-out of the training split",
+            "test": "the official evaluation split (the one tested: no data.holdout)",
+            "train": "the training split",
+        }
         return {
             "global_batch": self.plan.global_batch,
             "paper_global_batch": self.plan.paper,
             "lr": optimizer.get("lr"),
             "lr_rule": self.plan.lr_rule,
-            "selection_split": "holdout of train" if self.cfg.data.get("holdout") else "official",
+            "selection_split": selection.get(splits.get("val_source"), "unknown"),
+            "split_sizes": {k: splits.get(k) for k in ("train", "val", "test")},
         }
 
 
