@@ -25,12 +25,8 @@ def evaluate(cfg: DictConfig) -> float | None:
             "model.pretrained=FILE (official weights in the experiment's model)"
         )
     run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
-    info = run.info()
     if ckpt_path is not None:
         load_task_weights(run.task, ckpt_path, run.cfg)
-        info["tested_checkpoint"] = ckpt_path
-    else:
-        info["tested_checkpoint"] = f"model.pretrained={pretrained}"
 
     metrics: dict[str, float] = {}
     if cfg.data.get("holdout"):
@@ -40,6 +36,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     metrics.update(scalars(results[0] if results else {}))
     metrics.update(run.data_counts())
 
+    info = run.info()  # after the data were set up: split sizes
+    info["tested_checkpoint"] = ckpt_path if ckpt_path is not None else f"model.pretrained={pretrained}"
     if run.trainer.is_global_zero:
         paper = paper_results(run.cfg)
         write_metrics(run.output_dir, metrics, paper, info)

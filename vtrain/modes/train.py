@@ -55,19 +55,19 @@ def train(cfg: DictConfig) -> float | None:
     trainer, task = run.trainer, run.task
     trainer.fit(task, datamodule=run.datamodule, ckpt_path=ckpt_path)
     metrics = scalars(trainer.callback_metrics)
-    info = run.info()
+    tested: dict[str, str] = {}
 
     if cfg.get("test"):
         which = tested_checkpoint(cfg)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if which == "best" and best:
             load_task_weights(task, best, run.cfg)
-            info["tested_checkpoint"] = f"best by {cfg.monitor}: {best}"
+            tested["tested_checkpoint"] = f"best by {cfg.monitor}: {best}"
         else:
-            info["tested_checkpoint"] = (
+            tested["tested_checkpoint"] = (
                 f"last: the weights at the end of training (step {trainer.global_step})"
             )
-        log.info("testing %s", info["tested_checkpoint"])
+        log.info("testing %s", tested["tested_checkpoint"])
         results = trainer.test(task, datamodule=run.datamodule, verbose=False)
         metrics.update(scalars(results[0] if results else {}))
 
@@ -77,6 +77,7 @@ def train(cfg: DictConfig) -> float | None:
     score = float(best_score) if best_score is not None else metrics.get(cfg.monitor)
     if trainer.is_global_zero:
         paper = paper_results(run.cfg)
+        info = {**run.info(), **tested}
         write_metrics(run.output_dir, metrics, paper, info)
         print_summary(metrics, paper, info, run.output_dir)
     return score
