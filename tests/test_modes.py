@@ -182,3 +182,12 @@ def test_a_holdout_run_selects_on_held_out_training_data_and_tests_the_official_
     assert info["selection_split"] == "a hold-out of the training split"
     assert info["split_sizes"] == {"train": 2700, "val": 300, "test": 300}
     assert info["tested_checkpoint"].startswith("best by val/acc1: ")
+
+
+def test_an_unreadable_ckpt_path_is_named_before_any_work(make_cfg, tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(
+        ValueError, match=r"ckpt_path=.*model.safetensors takes a vtrain checkpoint, and cannot"
+    ):
+        run(make_cfg([*TINY, "mode=eval", f"ckpt_path={weights}"]))

@@ -80,7 +80,20 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             "ckpt_path=last: no checkpoint in %s yet, starting from scratch%s", checkpoints, hint
         )
         return None
-    return resolve_resume(path, Path(cfg.paths.output_dir) / "checkpoints")
+    if Path(path).suffix == ".npz":
+        raise ValueError(
+            f"ckpt_path={path} is a NumPy .npz archive (official JAX ViT weights?), not a vtrain checkpoint: "
+            f"pass it as model.pretrained={path}"
+        )
+    try:
+        return resolve_resume(path, Path(cfg.paths.output_dir) / "checkpoints")
+    except ValueError as err:
+        if not str(err).startswith("cannot read"):
+            raise  # a refusal (pickled code) stands as it is
+        raise ValueError(
+            f"ckpt_path={path} takes a vtrain checkpoint, and {err}; official or third-party weights "
+            f"(a .safetensors file, say) are loaded into the experiment's model with model.pretrained={path}"
+        ) from None
 
 
 def refuse_to_overwrite(cfg: DictConfig, ckpt_path: str | None) -> None:

@@ -144,11 +144,6 @@ def read_vtrain_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError: the file is another kind of checkpoint (an official or third-party weight file), with
             what it looks like and the `model.pretrained` option that takes such files.
     """
-    if Path(path).suffix == ".npz":
-        raise ValueError(
-            f"ckpt_path={path} is a NumPy .npz archive (official JAX ViT weights?), not a vtrain checkpoint: "
-            f"pass it as model.pretrained={path}"
-        )
     content = load_checkpoint(path)
     if not (isinstance(content, dict) and isinstance(content.get("state_dict"), dict)):
         raise ValueError(
