@@ -186,7 +186,7 @@ def test_a_holdout_run_selects_on_held_out_training_data_and_tests_the_official_
 
 def test_an_unreadable_ckpt_path_is_named_before_any_work(make_cfg, tmp_path):
     weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    weights.write_bytes(b"not a torch file, nor any checkpoint")
     with pytest.raises(
         ValueError, match=r"ckpt_path=.*model.safetensors takes a vtrain checkpoint, and cannot"
     ):
