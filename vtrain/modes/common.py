@@ -25,14 +25,34 @@ from vtrain.scaling import BatchPlan, apply_batch_plan
 log = logging.getLogger("vtrain")
 
 
+def data_class_names(datamodule: Any) -> list[str] | None:
+    """The data's class names by label, when its data module knows them after `setup`: `class_names`
+    (Cityscapes), `category_names` (COCO: by category id, "N/A" for unused ids) or its evaluation set's
+    `classes` (CIFAR's batches.meta names, ImageNet's wnids); None otherwise."""
+    test_set = getattr(datamodule, "test_set", None)
+    if test_set is None:
+        return None
+    names = (
+        getattr(datamodule, "class_names", None)
+        or getattr(datamodule, "category_names", None)
+        or getattr(test_set, "classes", None)
+    )
+    return [str(name) for name in names] if names else None
+
+
 class SaveConfig(L.Callback):
-    """Stores the resolved run config (plain containers only) in every checkpoint under `vtrain_config`."""
+    """Stores the resolved run config (plain containers only) in every checkpoint under `vtrain_config`,
+    and the data's class names under `vtrain_class_names` when it has them (so that `mode=predict` names
+    its outputs without the data set)."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config = config or {}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["vtrain_config"] = self.config
+        names = data_class_names(getattr(trainer, "datamodule", None))
+        if names:
+            checkpoint["vtrain_class_names"] = names
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
