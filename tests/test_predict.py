@@ -146,6 +146,11 @@ def test_classification_of_one_file_with_official_timm_weights(make_cfg, tmp_pat
     assert got == pytest.approx(expected.values.tolist(), abs=1e-4)
     _pictures_decode(out, [record])
 
+    # the trainer's precision: bfloat16 autocast gives the same classes within bfloat16's resolution
+    result = _predict(make_cfg, tmp_path / "bf16", [*overrides, "trainer.precision=bf16-mixed"])
+    [bf16] = result["predictions"]
+    assert bf16["top_k"][0]["probability"] == pytest.approx(got[0], abs=2e-2)
+
 
 def test_detection_with_official_detr_weights_names_coco_categories(make_cfg, tmp_path, data_dir):
     source = instantiate(make_cfg([*DETR, "data.num_classes=91"]).model)
