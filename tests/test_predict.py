@@ -152,6 +152,17 @@ def test_classification_of_one_file_with_official_timm_weights(make_cfg, tmp_pat
     assert bf16["top_k"][0]["probability"] == pytest.approx(got[0], abs=2e-2)
 
 
+def test_classification_with_a_lambda_resnet_state_dict(make_cfg, tmp_path):
+    lambda_tiny = ["experiment=lambda_tiny", *SMOKE]
+    weights = tmp_path / "lambda_tiny.pth"
+    torch.save(instantiate(make_cfg(lambda_tiny).model).state_dict(), weights)
+    paths = _images(tmp_path / "in", [(48, 40), (30, 36)])
+    overrides = [*lambda_tiny, f"model.pretrained={weights}", f"predict.input={tmp_path / 'in' / '*.png'}"]
+    result = _predict(make_cfg, tmp_path / "pred", overrides)
+    assert [r["path"] for r in result["predictions"]] == [str(p.resolve()) for p in paths]
+    assert all(len(r["top_k"]) == 5 for r in result["predictions"])
+
+
 def test_detection_with_official_detr_weights_names_coco_categories(make_cfg, tmp_path, data_dir):
     source = instantiate(make_cfg([*DETR, "data.num_classes=91"]).model)
     weights = tmp_path / "detr-official.pth"  # main.py's layout: {"model": state_dict, ...}
