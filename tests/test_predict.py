@@ -17,8 +17,9 @@ from PIL import Image
 from tests.conftest import SMOKE, run_cli
 from vtrain.cli import run
 from vtrain.data.coco_names import COCO_CATEGORY_NAMES
+from vtrain.data.imagenet import IMAGENET_WNIDS
 from vtrain.data.tiny.classification import DIGIT_NAMES
-from vtrain.modes.predict import find_images
+from vtrain.modes.predict import class_names, find_images
 
 VIT = ["experiment=vit_cifar10_tiny", *SMOKE]
 DETR = ["experiment=detr_coco_tiny", *SMOKE]
@@ -213,6 +214,15 @@ def test_inputs_and_tasks_it_refuses(make_cfg, tmp_path):
         run(make_cfg([*VIT, "mode=predict", f"predict.input={paths[0]}"]))
     with pytest.raises(ValueError, match=r"not implemented for vtrain\.tasks\.\w+ \(experiment ttsr_tiny\)"):
         run(make_cfg(["experiment=ttsr_tiny", *SMOKE, "mode=predict", f"predict.input={paths[0]}"]))
+
+
+def test_class_names_without_a_checkpoint_of_names(make_cfg):
+    imagenet = make_cfg(["experiment=vit_s16_imagenet"])
+    assert class_names("classification", 1000, None, imagenet)[0] == list(IMAGENET_WNIDS)
+    assert class_names("detection", 91, None, imagenet)[0] == list(COCO_CATEGORY_NAMES)
+    assert class_names("classification", 3, None, imagenet)[0] == ["0", "1", "2"]
+    # names stored for fewer labels than the head has (DETR's spare classes) end in indices
+    assert class_names("detection", 4, ["N/A", "cat"], imagenet)[0] == ["N/A", "cat", "2", "3"]
 
 
 def test_coco_names_are_those_of_the_coco_annotation_files(shared_data):

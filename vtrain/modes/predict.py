@@ -11,6 +11,9 @@ experiment's model (`model.pretrained=FILE`), as in `mode=eval`. `predict.input`
     predictions_coco.json  detection: the boxes in COCO results format (image_id = the image's index)
     <image stem>.png       per image: the top-1 class and its probability, or the boxes with their names
 
+A detection batch pads its images to the largest (as evaluation does), which changes DETR's outputs a
+little (docs/detr.md); `predict.batch_size=1` runs every image alone.
+
 Class names are those stored in the checkpoint at training time (the data's: CIFAR's batches.meta names,
 ImageNet wnids, the categories of the annotation file); for official weights COCO's 91 category names
 (DETR), ImageNet's wnids (1000 classes), else the class index.
@@ -122,10 +125,6 @@ def collate_images(samples: Sequence[Any], pad: bool) -> dict[str, Any] | None:
     return {"index": list(indices), "size": list(sizes), "images": batch, "mask": mask}
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
 def _enlarged(image: Image.Image, short_side: int) -> tuple[Image.Image, int]:
     """`image` enlarged by the smallest whole factor that makes its short side at least `short_side`
     (pixels repeated, so a small input stays sharp and its labels legible), and that factor."""
@@ -168,7 +167,7 @@ class ClassificationPredictor:
         picture.paste(shown, (0, band))
         best = record["top_k"][0]
         text = f"{best['name']} {100 * best['probability']:.1f}%"
-        ImageDraw.Draw(picture).text((6, 6), text, fill="white", font=_font(18))
+        ImageDraw.Draw(picture).text((6, 6), text, fill="white", font=ImageFont.load_default(size=18))
         return picture
 
     def write(self, out_dir: Path, records: list[dict]) -> None:
@@ -298,6 +297,7 @@ def predict(cfg: DictConfig) -> None:
         stored = load_task_weights(run.task, ckpt_path, run.cfg).get("vtrain_class_names")
     num_classes = int(getattr(run.task.model, "num_classes", None) or cfg.data.num_classes)
     names, names_from = class_names(kind, num_classes, stored, cfg)
+    log.info("%d images; class names from %s", len(paths), names_from)
     transform = getattr(run.datamodule, "eval_transform", None)
     if transform is None:
         raise ValueError(
