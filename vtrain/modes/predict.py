@@ -290,7 +290,7 @@ def predict(cfg: DictConfig) -> None:
             "mode=predict needs the weights to run: ckpt_path=RUN.ckpt (a vtrain checkpoint) or "
             "model.pretrained=FILE (official weights in the experiment's model)"
         )
-    paths = [path.resolve() for path in find_images(str(source))]
+    paths = [path.absolute() for path in find_images(str(source))]
     run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
     stored = None
     if ckpt_path is not None:
