@@ -11,12 +11,14 @@ from omegaconf import DictConfig
 
 from vtrain.config import config_dir, register_resolvers
 from vtrain.modes.eval import evaluate
+from vtrain.modes.flops import flops
+from vtrain.modes.lr_find import lr_find
 from vtrain.modes.predict import predict
 from vtrain.modes.train import train
 
 log = logging.getLogger("vtrain")
 
-MODES = {"train": train, "eval": evaluate, "predict": predict}
+MODES = {"train": train, "eval": evaluate, "flops": flops, "lr_find": lr_find, "predict": predict}
 
 
 def run(cfg: DictConfig) -> float | None:
