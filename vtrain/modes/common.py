@@ -19,7 +19,7 @@ from vtrain.checkpoint import fit_state_dict, load_checkpoint
 from vtrain.config import fill_num_classes, redact_secrets
 from vtrain.data.counts import report_counts
 from vtrain.models.pretrained import replaced_by_checkpoint
-from vtrain.runs import keep_wandb_run_id
+from vtrain.runs import keep_wandb_run_id, resolve_ckpt_path
 from vtrain.scaling import BatchPlan, apply_batch_plan
 
 log = logging.getLogger("vtrain")
@@ -142,6 +142,23 @@ def build_run(cfg: DictConfig, weights_from_checkpoint: bool = False) -> Run:
     for logger in trainer.loggers:
         logger.log_hyperparams(save_config.config)
     return Run(cfg, trainer, datamodule, task, plan, output_dir)
+
+
+def weights_to_run(cfg: DictConfig, what: str) -> tuple[str | None, str | None]:
+    """The weights a mode that does not train runs (`what`: "evaluate", "run"): `(ckpt_path, None)` for a
+    vtrain checkpoint, `(None, model.pretrained)` for official weights.
+
+    Raises:
+        ValueError: neither is given.
+    """
+    ckpt_path = resolve_ckpt_path(cfg)
+    pretrained = cfg.model.get("pretrained")
+    if ckpt_path is None and not pretrained:
+        raise ValueError(
+            f"mode={cfg.mode} needs the weights to {what}: ckpt_path=RUN.ckpt (a vtrain checkpoint) or "
+            "model.pretrained=FILE (official weights in the experiment's model)"
+        )
+    return ckpt_path, None if ckpt_path is not None else str(pretrained)
 
 
 def describe_file(path: str | Path, content: Any) -> str:

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from vtrain.modes.common import build_run, load_task_weights
+from vtrain.modes.common import build_run, load_task_weights, weights_to_run
 from vtrain.results import paper_results, print_summary, scalars, write_metrics
-from vtrain.runs import resolve_ckpt_path
 
 
 def evaluate(cfg: DictConfig) -> float | None:
     """Evaluate, write `metrics.json`, print the table; returns the value of `monitor` when measured."""
-    ckpt_path = resolve_ckpt_path(cfg)
-    pretrained = cfg.model.get("pretrained")
-    if ckpt_path is None and not pretrained:
-        raise ValueError(
-            "mode=eval needs the weights to evaluate: ckpt_path=RUN.ckpt (a vtrain checkpoint) or "
-            "model.pretrained=FILE (official weights in the experiment's model)"
-        )
+    ckpt_path, pretrained = weights_to_run(cfg, "evaluate")
     run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
     if ckpt_path is not None:
         load_task_weights(run.task, ckpt_path, run.cfg)

@@ -44,8 +44,7 @@ from vtrain.data.coco_names import COCO_CATEGORY_NAMES
 from vtrain.data.imagenet import IMAGENET_WNIDS
 from vtrain.data.images import ImageFileLoader, open_rgb
 from vtrain.io import atomic_write_text
-from vtrain.modes.common import build_run, load_task_weights
-from vtrain.runs import resolve_ckpt_path
+from vtrain.modes.common import build_run, load_task_weights, weights_to_run
 
 log = logging.getLogger("vtrain")
 
@@ -283,13 +282,7 @@ def predict(cfg: DictConfig) -> None:
             "mode=predict needs images: predict.input=PATH (an image file, a folder of images or a glob)"
         )
     kind = task_kind(cfg)
-    ckpt_path = resolve_ckpt_path(cfg)
-    pretrained = cfg.model.get("pretrained")
-    if ckpt_path is None and not pretrained:
-        raise ValueError(
-            "mode=predict needs the weights to run: ckpt_path=RUN.ckpt (a vtrain checkpoint) or "
-            "model.pretrained=FILE (official weights in the experiment's model)"
-        )
+    ckpt_path, pretrained = weights_to_run(cfg, "run")
     paths = [path.absolute() for path in find_images(str(source))]
     run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
     stored = None
