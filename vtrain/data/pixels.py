@@ -20,9 +20,9 @@ from torchvision.transforms import InterpolationMode, v2
 from vtrain.data.cifar import CIFAR
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
-from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
+from vtrain.data.loading import LoaderMixin, training_set
 from vtrain.data.palette import Palette, fit_palette, to_unit_range
-from vtrain.data.splits import SplitsMixin, base_dataset, require_samples
+from vtrain.data.splits import SplitsMixin, require_samples
 from vtrain.data.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,3 @@ class PixelDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
     def probe_train_dataloader(self) -> DataLoader:
         """The first ``probe_train_size`` training images, unaugmented, in order (a probe's training set)."""
         return self._loader(self.probe_train_set, self.eval_batch_size, train=False)
-
-    def corrupt_count(self) -> int:
-        """Images skipped as corrupt so far, over all splits and worker processes."""
-        sets = (base_dataset(s) for s in (self.train_set, self.val_set, self.test_set))
-        return corrupt_images_skipped(*(getattr(s, "images", None) for s in sets))
