@@ -21,7 +21,8 @@ def recipe_check(name: str) -> Callable[[Check], Check]:
 
     def register(fn: Check) -> Check:
         if name in CHECKS:
-            raise ValueError(f"recipe check {name!r} is defined twice: {CHECKS[name].__module__} and {fn.__module__}")
+            where = f"{CHECKS[name].__module__} and {fn.__module__}"
+            raise ValueError(f"recipe check {name!r} is defined twice: {where}")
         CHECKS[name] = fn
         return fn
 
