@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vtrain.config import config_dir, register_resolvers
+from vtrain.modes.browse import browse
 from vtrain.modes.eval import evaluate
 from vtrain.modes.flops import flops
 from vtrain.modes.lr_find import lr_find
@@ -18,7 +19,14 @@ from vtrain.modes.train import train
 
 log = logging.getLogger("vtrain")
 
-MODES = {"train": train, "eval": evaluate, "flops": flops, "lr_find": lr_find, "predict": predict}
+MODES = {
+    "train": train,
+    "eval": evaluate,
+    "predict": predict,
+    "browse": browse,
+    "flops": flops,
+    "lr_find": lr_find,
+}
 
 
 def run(cfg: DictConfig) -> float | None:
