@@ -151,3 +151,14 @@ def test_a_class_head_that_disagrees_with_the_data_fails_at_setup_naming_both(ma
     expected = r"model\.num_classes=20, task\.criterion\.num_classes=11, data\.num_classes=11"
     with pytest.raises(ValueError, match=expected):
         run(make_cfg(["experiment=detr_coco_tiny", *SMOKE, "model.num_classes=20"]))
+
+
+def test_validation_pictures_name_boxes_by_the_data_s_categories():
+    from types import SimpleNamespace
+
+    from vtrain.tasks.common import label_names
+
+    datamodule = SimpleNamespace(category_names=["N/A", "cat"])
+    task = SimpleNamespace(_trainer=SimpleNamespace(datamodule=datamodule))
+    assert label_names(task, [1, 0, 7]) == ["cat", "N/A", "7"]
+    assert label_names(SimpleNamespace(_trainer=None), [1]) == ["1"]

@@ -75,3 +75,18 @@ def check_num_classes(module: L.LightningModule, sizes: dict[str, int | None]) -
             "the task's loss and metrics and the data's labels need the same number; the configs set them "
             "all to ${data.num_classes}, so override data.num_classes (or make the others equal to it)"
         )
+
+
+def label_names(module: L.LightningModule, labels: Iterable[int]) -> list[str]:
+    """The names the data gives `labels` (COCO's category names, Cityscapes' classes), for pictures; the
+    label itself where the data module has no names (or none is attached)."""
+    trainer = module._trainer  # None outside a fit / validate / test
+    datamodule = getattr(trainer, "datamodule", None)
+    try:
+        names = getattr(datamodule, "category_names", None) or getattr(datamodule, "class_names", None)
+    except RuntimeError:  # a data module that was not set up
+        names = None
+    labels = [int(label) for label in labels]
+    if not names:
+        return [str(label) for label in labels]
+    return [str(names[label]) if 0 <= label < len(names) else str(label) for label in labels]

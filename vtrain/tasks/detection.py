@@ -13,7 +13,13 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes, save_image
 
 from vtrain.metrics.coco import CocoEvaluator
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, check_num_classes, configure_optimizers
+from vtrain.tasks.common import (
+    OptimizerFactory,
+    SchedulerFactory,
+    check_num_classes,
+    configure_optimizers,
+    label_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +193,7 @@ class DetectionTask(L.LightningModule):
             }
             det = self.postprocess(single, size)[0]
             keep = det["scores"] >= self.picture_score
-            labels = [str(int(c)) for c in det["labels"][keep]]
+            labels = label_names(self, det["labels"][keep].tolist())
             drawn = draw_bounding_boxes(
                 (image * 255).to(torch.uint8).cpu(), det["boxes"][keep].cpu(), labels, colors="red", width=2
             )

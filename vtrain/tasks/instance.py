@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, save_image
 
 from vtrain.metrics.coco import CocoEvaluator, to_coco_results
-from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers
+from vtrain.tasks.common import OptimizerFactory, SchedulerFactory, configure_optimizers, label_names
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
@@ -153,7 +153,7 @@ class InstanceSegmentationTask(L.LightningModule):
             drawn = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
             if "masks" in det and keep.any():
                 drawn = draw_segmentation_masks(drawn, det["masks"][keep, 0].cpu() >= 0.5, alpha=0.5)
-            labels = [str(int(c)) for c in det["labels"][keep]]
+            labels = label_names(self, det["labels"][keep].tolist())
             drawn = draw_bounding_boxes(drawn, det["boxes"][keep].cpu(), labels, colors="red", width=2)
             pictures.append(drawn.float() / 255)
         if not pictures:
