@@ -212,7 +212,7 @@ def test_inputs_and_tasks_it_refuses(make_cfg, tmp_path):
         run(make_cfg([*VIT, "mode=predict", "model.pretrained=x.pth"]))
     with pytest.raises(ValueError, match="needs the weights"):
         run(make_cfg([*VIT, "mode=predict", f"predict.input={paths[0]}"]))
-    with pytest.raises(ValueError, match=r"not implemented for vtrain\.tasks\.\w+ \(experiment ttsr_tiny\)"):
+    with pytest.raises(ValueError, match="needs references: predict.ref=FILE"):
         run(make_cfg(["experiment=ttsr_tiny", *SMOKE, "mode=predict", f"predict.input={paths[0]}"]))
 
 

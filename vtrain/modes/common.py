@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vtrain.checkpoint import fit_state_dict, load_checkpoint
 from vtrain.config import fill_num_classes, redact_secrets
 from vtrain.data.counts import report_counts
+from vtrain.data.palette import Palette
 from vtrain.models.pretrained import replaced_by_checkpoint
 from vtrain.runs import keep_wandb_run_id, resolve_ckpt_path
 from vtrain.scaling import BatchPlan, apply_batch_plan
@@ -42,17 +43,21 @@ def data_class_names(datamodule: Any) -> list[str] | None:
 
 class SaveConfig(L.Callback):
     """Stores the resolved run config (plain containers only) in every checkpoint under `vtrain_config`,
-    and the data's class names under `vtrain_class_names` when it has them (so that `mode=predict` names
-    its outputs without the data set)."""
+    the data's class names under `vtrain_class_names` when it has them (so that `mode=predict` names its
+    outputs without the data set) and iGPT's palette under `vtrain_palette`."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config = config or {}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["vtrain_config"] = self.config
-        names = data_class_names(getattr(trainer, "datamodule", None))
+        datamodule = getattr(trainer, "datamodule", None)
+        names = data_class_names(datamodule)
         if names:
             checkpoint["vtrain_class_names"] = names
+        palette = getattr(datamodule, "palette", None)
+        if isinstance(palette, Palette):  # iGPT: what its tokens mean, for mode=predict without the data
+            checkpoint["vtrain_palette"] = palette.centers.tolist()
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

@@ -3,25 +3,25 @@
 The weights come from a vtrain checkpoint (`ckpt_path=RUN.ckpt`) or official weights loaded into the
 experiment's model (`model.pretrained=FILE`), as in `mode=eval`. `predict.input` is an image file, a folder
 (its images, sorted by name) or a glob. Each image goes through the experiment's evaluation preprocessing
-(the data module's `eval_transform`) on the trainer's device and at its precision. Written under
+on the trainer's device and at its precision, `predict.batch_size` at a time. Written under
 `<run dir>/predictions/`:
 
     predictions.json       per image: path, size [width, height] in pixels and the task's outputs
-    predictions.csv        classification: one row per image and rank of the top-k classes
-    predictions_coco.json  detection: the boxes in COCO results format (image_id = the image's index)
-    <image stem>.png       per image: the top-1 class and its probability, or the boxes with their names
+    <image stem>.png       per image: the prediction drawn on it
+    ...                    each task's own files (vtrain.predictors): predictions.csv (classification),
+                           predictions_coco.json (detection, instance), <stem>_panoptic.png,
+                           <stem>_trainids.png / _labelids.png, <stem>_x4.png, samples.png (iGPT)
 
 A detection batch pads its images to the largest (as evaluation does), which changes DETR's outputs a
 little (docs/detr.md); `predict.batch_size=1` runs every image alone.
 
 Class names are those stored in the checkpoint at training time (the data's: CIFAR's batches.meta names,
-ImageNet wnids, the categories of the annotation file); for official weights COCO's 91 category names
-(DETR), ImageNet's wnids (1000 classes), else the class index.
+ImageNet wnids, the categories of the annotation file); for official weights those of the label space the
+model's size gives (see `class_names`), else the class index.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import glob
 import json
@@ -32,40 +32,41 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms.functional import pil_to_tensor, to_pil_image
-from torchvision.utils import draw_bounding_boxes
+from tqdm import tqdm
 
-from vtrain.data.coco import pad_images
-from vtrain.data.coco_names import COCO_CATEGORY_NAMES
+from vtrain.data.cityscapes import CITYSCAPES_NAMES
+from vtrain.data.coco_names import COCO_CATEGORY_NAMES, coco_panoptic_names
 from vtrain.data.imagenet import IMAGENET_WNIDS
 from vtrain.data.images import ImageFileLoader, open_rgb
+from vtrain.data.palette import Palette
 from vtrain.io import atomic_write_text
 from vtrain.modes.common import build_run, load_task_weights, weights_to_run
+from vtrain.predictors import KINDS, Predictor, Size
+from vtrain.predictors.classification import ClassificationPredictor
+from vtrain.predictors.detection import DetectionPredictor
+from vtrain.predictors.generative import GenerativePredictor
+from vtrain.predictors.instance import InstancePredictor
+from vtrain.predictors.panoptic import PanopticPredictor
+from vtrain.predictors.segmentation import SegmentationPredictor
+from vtrain.predictors.super_resolution import References, SuperResolutionPredictor
 
 log = logging.getLogger("vtrain")
 
-# the tasks' classes (the last part of `task._target_`) that mode=predict knows
-TASKS = {"ClassificationTask": "classification", "DetectionTask": "detection"}
-
-Size = tuple[int, int]  # (width, height) in pixels
-
 
 def task_kind(cfg: DictConfig) -> str:
-    """ "classification" or "detection", from the experiment's `task._target_`.
+    """The predictor kind of the experiment's `task._target_` (see `vtrain.predictors`).
 
     Raises:
-        ValueError: another task (instance, panoptic, segmentation, super-resolution, generative).
+        ValueError: a task no predictor knows.
     """
     target = str(cfg.task.get("_target_", ""))
-    kind = TASKS.get(target.rsplit(".", 1)[-1])
+    kind = KINDS.get(target.rsplit(".", 1)[-1])
     if kind is None:
         raise ValueError(
-            f"mode=predict is not implemented for {target} (experiment {cfg.get('name')}): it supports "
-            f"{' and '.join(TASKS.values())} ({', '.join(TASKS)}); evaluate other tasks with mode=eval"
+            f"mode=predict is not implemented for {target} (experiment {cfg.get('name')}): it knows "
+            f"{', '.join(KINDS)}"
         )
     return kind
 
@@ -94,8 +95,8 @@ def find_images(source: str) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """`paths` opened as 8-bit RGB and preprocessed: `(index, (width, height), image tensor)`, or None for
-    a file that `loader` skipped as unreadable (`data.skip_corrupt=true`; else it raises naming the file)."""
+    """`paths` opened as 8-bit RGB and prepared by the predictor: `(index, (width, height), sample)`, or None
+    for a file that `loader` skipped as unreadable (`data.skip_corrupt=true`; else it raises naming it)."""
 
     def __init__(self, paths: Sequence[Path], prepare: Callable, loader: ImageFileLoader) -> None:
         self.paths, self.prepare, self.loader = list(paths), prepare, loader
@@ -103,164 +104,97 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, Size, torch.Tensor] | None:
+    def __getitem__(self, index: int) -> tuple[int, Size, dict] | None:
         image = self.loader(self.paths[index])
         if image is None:
             return None
-        return index, image.size, self.prepare(image)
+        return index, image.size, self.prepare(image, self.paths[index])
 
 
-def collate_images(samples: Sequence[Any], pad: bool) -> dict[str, Any] | None:
-    """A batch of the readable samples: `index`, `size` lists, `images` [B, 3, H, W] (zero-padded at the
-    bottom and right when `pad`, with `mask` [B, H, W] True on padding); None when none was readable."""
+def collate_images(samples: Sequence[Any], collate: Callable) -> dict[str, Any] | None:
+    """A batch of the readable samples: `index` and `size` lists and the predictor's collated fields;
+    None when none was readable."""
     kept = [sample for sample in samples if sample is not None]
     if not kept:
         return None
-    indices, sizes, images = zip(*kept, strict=True)
-    if pad:
-        batch, mask = pad_images(list(images))
-    else:
-        batch, mask = torch.stack(images), None
-    return {"index": list(indices), "size": list(sizes), "images": batch, "mask": mask}
+    indices, sizes, fields = zip(*kept, strict=True)
+    return {"index": list(indices), "size": list(sizes), **collate(list(fields))}
 
 
-def _enlarged(image: Image.Image, short_side: int) -> tuple[Image.Image, int]:
-    """`image` enlarged by the smallest whole factor that makes its short side at least `short_side`
-    (pixels repeated, so a small input stays sharp and its labels legible), and that factor."""
-    scale = max(1, -(-short_side // min(image.size)))
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST), scale
-
-
-class ClassificationPredictor:
-    """Top-k classes of `task.model(images [B, 3, S, S]) -> logits [B, K]`; the picture shows the image
-    (enlarged to at least 256 pixels) under a band with its top-1 name and probability. `square`: resize
-    every image to S x S first (bicubic), for eval pipelines without a resize of their own."""
-
-    pad = False
-
-    def __init__(self, transform: Callable, names: list[str], top_k: int, square: int | None = None) -> None:
-        self.transform, self.names, self.top_k, self.square = transform, names, top_k, square
-
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        if self.square is not None and image.size != (self.square, self.square):
-            image = image.resize((self.square, self.square), Image.BICUBIC)
-        return self.transform(image)
-
-    def outputs(self, task: Any, images: torch.Tensor, mask: None, sizes: list[Size]) -> list[dict]:
-        probabilities = task(images).float().softmax(-1)
-        top = probabilities.topk(min(self.top_k, probabilities.shape[-1]), dim=-1)
-        return [
-            {
-                "top_k": [
-                    {"index": int(i), "name": self.names[int(i)], "probability": round(float(p), 6)}
-                    for p, i in zip(values, indices, strict=True)
-                ]
-            }
-            for values, indices in zip(top.values.cpu(), top.indices.cpu(), strict=True)
-        ]
-
-    def draw(self, image: Image.Image, record: dict) -> Image.Image:
-        shown, _ = _enlarged(image, 256)
-        band = 32
-        picture = Image.new("RGB", (shown.width, shown.height + band), "black")
-        picture.paste(shown, (0, band))
-        best = record["top_k"][0]
-        text = f"{best['name']} {100 * best['probability']:.1f}%"
-        ImageDraw.Draw(picture).text((6, 6), text, fill="white", font=ImageFont.load_default(size=18))
-        return picture
-
-    def write(self, out_dir: Path, records: list[dict]) -> None:
-        rows = [["path", "width", "height", "rank", "index", "name", "probability"]]
-        for record in records:
-            for rank, top in enumerate(record["top_k"], start=1):
-                rows.append(
-                    [record["path"], *record["size"], rank, top["index"], top["name"], top["probability"]]
-                )
-        with open(out_dir / "predictions.csv", "w", newline="") as file:
-            csv.writer(file).writerows(rows)
-
-
-class DetectionPredictor:
-    """Boxes of `task.model(images, mask)` through `task.postprocess`, in the input image's pixels, scored
-    at least `score_threshold`; the picture shows them with their names and scores, on the image enlarged
-    to at least 384 pixels."""
-
-    pad = True
-
-    def __init__(self, transform: Callable, names: list[str], score_threshold: float) -> None:
-        self.transform, self.names, self.score_threshold = transform, names, score_threshold
-
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        # the eval pipeline takes (image, target); an image without boxes gives the resized image alone
-        empty = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=image.size[::-1])
-        return self.transform(image, {"boxes": empty})[0]
-
-    def outputs(self, task: Any, images: torch.Tensor, mask: torch.Tensor, sizes: list[Size]) -> list[dict]:
-        outputs = task(images, mask)
-        outputs = {key: outputs[key].float() for key in ("pred_logits", "pred_boxes")}
-        heights_widths = torch.tensor([[h, w] for w, h in sizes], device=images.device)
-        records = []
-        for detections, (width, height) in zip(task.postprocess(outputs, heights_widths), sizes, strict=True):
-            keep = detections["scores"] >= self.score_threshold
-            scores, labels, boxes = (detections[k][keep].cpu() for k in ("scores", "labels", "boxes"))
-            boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([width, height, width, height]))
-            order = scores.argsort(descending=True)
-            records.append(
-                {
-                    "detections": [
-                        {
-                            "box": [round(float(v), 2) for v in boxes[i]],
-                            "score": round(float(scores[i]), 6),
-                            "category_id": int(labels[i]),
-                            "name": self.names[int(labels[i])],
-                        }
-                        for i in order.tolist()
-                    ]
-                }
-            )
-        return records
-
-    def draw(self, image: Image.Image, record: dict) -> Image.Image:
-        detections = record["detections"]
-        image, scale = _enlarged(image, 384)
-        if not detections:
-            return image
-        boxes = torch.tensor([d["box"] for d in detections]) * scale
-        labels = [f"{d['name']} {d['score']:.2f}" for d in detections]
-        width = max(2, min(image.size) // 200)
-        drawn = draw_bounding_boxes(
-            pil_to_tensor(image), boxes, labels, colors="red", width=width, fill_labels=True
-        )
-        return to_pil_image(drawn)
-
-    def write(self, out_dir: Path, records: list[dict]) -> None:
-        results = [
-            {
-                "image_id": record["image_id"],
-                "category_id": d["category_id"],
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": d["score"],
-            }
-            for record in records
-            for d in record["detections"]
-            for x1, y1, x2, y2 in [d["box"]]
-        ]
-        atomic_write_text(out_dir / "predictions_coco.json", json.dumps(results))
+def json_ready(value: Any) -> Any:
+    """`value` without the entries whose key starts with `_` (tensors kept for the pictures), at any depth."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def class_names(
     kind: str, num_classes: int, stored: list[str] | None, cfg: DictConfig
 ) -> tuple[list[str], str]:
     """The name of every label and where the names come from: the checkpoint's (the data it was trained
-    on), COCO's 91 category names (a detector with COCO's label space), ImageNet's wnids (1000 classes
-    of an ImageNet experiment), else the label index."""
+    on), else the label space the model's size says it has (COCO's 91 category ids for a detector or
+    Mask R-CNN, COCO panoptic's 250 for DETR panoptic, Cityscapes' 19 train ids, ImageNet's 1000 wnids for
+    an ImageNet experiment), else the label index."""
     if stored:
         return [*stored, *map(str, range(len(stored), num_classes))], "the checkpoint (its training data)"
-    if kind == "detection" and num_classes == len(COCO_CATEGORY_NAMES):
+    if kind in ("detection", "instance") and num_classes == len(COCO_CATEGORY_NAMES):
         return list(COCO_CATEGORY_NAMES), "COCO's 91 category ids"
-    if kind == "classification" and cfg.data.get("dataset") == "imagenet" and num_classes == 1000:
+    if kind == "panoptic" and num_classes == 250:
+        return coco_panoptic_names(num_classes), "COCO panoptic's category ids"
+    if kind == "segmentation" and num_classes == len(CITYSCAPES_NAMES):
+        return list(CITYSCAPES_NAMES), "Cityscapes' 19 train ids"
+    if cfg.data.get("dataset") == "imagenet" and num_classes == 1000:
         return list(IMAGENET_WNIDS), "ImageNet-1k wnids"
     return [str(i) for i in range(num_classes)], "none known: the class index"
+
+
+def _palette(run: Any, checkpoint: dict[str, Any]) -> Palette:
+    """iGPT's palette: the checkpoint's (the colours its tokens mean), else the data module's."""
+    if checkpoint.get("vtrain_palette") is not None:
+        return Palette(torch.tensor(checkpoint["vtrain_palette"]))
+    run.datamodule.prepare_data()
+    run.datamodule.setup("test")
+    return run.datamodule.palette
+
+
+def build_predictor(
+    kind: str, cfg: DictConfig, run: Any, names: list[str], checkpoint: dict, references: References | None
+) -> Predictor:
+    """The predictor of `kind` with this experiment's eval preprocessing and `cfg.predict`'s settings
+    (`references`: TTSR's reference images)."""
+    settings = cfg.predict
+    if kind == "super-resolution":
+        task = run.task
+        return SuperResolutionPredictor(references, bool(settings.get("hr")), task.y_border, task.rgb_border)
+    if kind == "generative":
+        return GenerativePredictor(
+            _palette(run, checkpoint),
+            int(cfg.data.image_size),
+            names,
+            int(settings.num_completions),
+            int(settings.num_samples),
+            dict(settings.get("sampling") or {}),
+            int(settings.top_k),
+        )
+    transform = getattr(run.datamodule, "eval_transform", None)
+    if transform is None:
+        raise ValueError(
+            f"mode=predict preprocesses with the data module's eval_transform; {cfg.data._target_} has none"
+        )
+    if kind == "classification":
+        # CIFAR's eval pipeline has no resize (its images have the model's size): other images get one
+        square = int(cfg.data.image_size) if cfg.data.get("recipe") == "cifar" else None
+        return ClassificationPredictor(transform, names, int(settings.top_k), square)
+    threshold = float(settings.score_threshold)
+    if kind == "detection":
+        return DetectionPredictor(transform, names, threshold)
+    if kind == "instance":
+        return InstancePredictor(transform, names, threshold)
+    if kind == "panoptic":
+        return PanopticPredictor(transform, names)
+    return SegmentationPredictor(transform, names)
 
 
 def _picture_names(paths: Sequence[Path]) -> list[str]:
@@ -282,58 +216,53 @@ def predict(cfg: DictConfig) -> None:
             "mode=predict needs images: predict.input=PATH (an image file, a folder of images or a glob)"
         )
     kind = task_kind(cfg)
-    ckpt_path, pretrained = weights_to_run(cfg, "run")
+    # every input is checked before any model is built
+    references = References(cfg.predict.get("ref")) if kind == "super-resolution" else None
     paths = [path.absolute() for path in find_images(str(source))]
+    ckpt_path, pretrained = weights_to_run(cfg, "run")
     run = build_run(cfg, weights_from_checkpoint=ckpt_path is not None)
-    stored = None
+    checkpoint: dict[str, Any] = {}
     if ckpt_path is not None:
-        stored = load_task_weights(run.task, ckpt_path, run.cfg).get("vtrain_class_names")
-    num_classes = int(getattr(run.task.model, "num_classes", None) or cfg.data.num_classes)
-    names, names_from = class_names(kind, num_classes, stored, cfg)
+        checkpoint = load_task_weights(run.task, ckpt_path, run.cfg)
+    model = getattr(run.task, "model", None)
+    num_classes = int(getattr(model, "num_classes", None) or cfg.data.get("num_classes") or 0)
+    names, names_from = class_names(kind, num_classes, checkpoint.get("vtrain_class_names"), cfg)
     log.info("%d images; class names from %s", len(paths), names_from)
-    transform = getattr(run.datamodule, "eval_transform", None)
-    if transform is None:
-        raise ValueError(
-            f"mode=predict preprocesses with the data module's eval_transform; {cfg.data._target_} has none"
-        )
-    settings = cfg.predict
-    if kind == "classification":
-        # CIFAR's eval pipeline has no resize (its images have the model's size): other images get one
-        square = int(cfg.data.image_size) if cfg.data.get("recipe") == "cifar" else None
-        predictor = ClassificationPredictor(transform, names, int(settings.top_k), square)
-    else:
-        predictor = DetectionPredictor(transform, names, float(settings.score_threshold))
+    predictor = build_predictor(kind, cfg, run, names, checkpoint, references)
 
     dataset = ImageFiles(paths, predictor.prepare, ImageFileLoader(bool(cfg.data.get("skip_corrupt"))))
     loader = DataLoader(
         dataset,
-        batch_size=int(settings.batch_size),
+        batch_size=predictor.batch_size or int(cfg.predict.batch_size),
         num_workers=int(cfg.data.get("num_workers") or 0),
-        collate_fn=functools.partial(collate_images, pad=predictor.pad),
+        collate_fn=functools.partial(collate_images, collate=predictor.collate),
     )
     precision = run.trainer.precision_plugin
     device = run.trainer.strategy.root_device
     task = precision.convert_module(run.task).to(device).eval()
     found: dict[int, dict] = {}
     with torch.no_grad():
-        for batch in loader:
+        for batch in tqdm(
+            loader, desc="predict", unit="batch", disable=not cfg.predict.get("progress", True)
+        ):
             if batch is None:
                 continue
-            images = precision.convert_input(batch["images"].to(device))
-            mask = None if batch["mask"] is None else batch["mask"].to(device)
+            inputs = {key: _to(value, device, precision) for key, value in batch.items()}
             with precision.forward_context():
-                outputs = predictor.outputs(task, images, mask, batch["size"])
+                outputs = predictor.outputs(task, inputs, batch["size"])
             for index, size, output in zip(batch["index"], batch["size"], outputs, strict=True):
                 found[index] = {"image_id": index, "path": str(paths[index]), "size": list(size), **output}
 
     out_dir = run.output_dir / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = _picture_names(paths)
+    stems = _picture_names(paths)
     records = []
     for index in sorted(found):
-        record = {**found[index], "picture": pictures[index]}
-        predictor.draw(open_rgb(paths[index]), record).save(out_dir / pictures[index])
+        record = found[index]
+        record |= predictor.save(out_dir, stems[index], open_rgb(paths[index]), record)
         records.append(record)
+    with torch.no_grad():
+        extra = predictor.finish(task, out_dir)
     skipped = [str(path) for index, path in enumerate(paths) if index not in found]
     summary = {
         "task": kind,
@@ -342,10 +271,21 @@ def predict(cfg: DictConfig) -> None:
         "class_names": names_from,
         "images": len(paths),
         "skipped_unreadable": skipped,
-        "predictions": records,
+        "predictions": json_ready(records),
+        **extra,
     }
     atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2))
-    predictor.write(out_dir, records)
+    predictor.write(out_dir, json_ready(records))
     if skipped:
         log.warning("%d unreadable images skipped: %s", len(skipped), ", ".join(skipped))
     print(f"predictions for {len(records)} of {len(paths)} images in {out_dir}")
+
+
+def _to(value: Any, device: torch.device, precision: Any) -> Any:
+    """A batch entry on `device`, floating-point images at the trainer's precision."""
+    if isinstance(value, list):
+        return [_to(v, device, precision) for v in value]
+    if not isinstance(value, torch.Tensor):
+        return value
+    value = value.to(device)
+    return precision.convert_input(value) if value.is_floating_point() else value
