@@ -131,6 +131,34 @@ def test_tiny_experiment_runs_through_the_cli(make_cfg, tmp_path):
     assert list((tmp_path / "run" / "pictures").glob("val_panoptic_step*.png"))
 
 
+def test_first_stage_trains_a_box_detr_on_the_panoptic_boxes_through_the_cli(make_cfg, tmp_path):
+    """experiment=detr_panoptic_stage1_coco on the tiny panoptic set with the tiny DETR: a detection task on
+    boxes-only panoptic targets (crowd segments included), box AP against the instances file; its
+    checkpoint then loads as the second stage's frozen DETR."""
+    cfg = make_cfg(
+        [
+            "experiment=detr_panoptic_stage1_coco",
+            "data=coco_panoptic_tiny",
+            "model=detr_tiny",
+            "model.backbone_weights=scratch",
+            "model.frozen_bn=false",
+            *SMOKE,
+            "trainer.limit_train_batches=2",
+            "data.batch_size=2",
+            "test=false",
+        ]
+    )
+    assert cfg.data.masks is False and cfg.data.num_classes == 18
+    run(cfg)
+    metrics = json.dumps(json.loads((tmp_path / "run" / "metrics.json").read_text()))
+    assert "val/AP" in metrics and "val/PQ" not in metrics
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    frozen = create_model(
+        "detr_tiny_panoptic", pretrained=checkpoint, num_classes=18, frozen_bn=False, freeze_detr=True
+    )
+    assert not any(p.requires_grad for p in frozen.detr.parameters())
+
+
 @pytest.mark.slow
 def test_tiny_panoptic_experiment_trains_its_loss_falls(make_cfg, tmp_path):
     """10 epochs (60 steps) of the tiny experiment: the set loss with mask terms falls by a third. Its PQ
