@@ -100,7 +100,7 @@ def detr_param_groups(cfg: DictConfig) -> None:
 @recipe_check("detr_frozen_detr")
 def detr_frozen_detr(cfg: DictConfig) -> None:
     """The second stage trains bbox_attention and mask_head only, at 1e-4 (official --frozen_weights:
-    models/segmentation.py:25-27 at 29901c5); the DETR's dropout stays active, as in the official
+    models/segmentation.py:29-31 at 29901c5); the DETR's dropout stays active, as in the official
     train() mode."""
     task = _task(cfg)
     trainable = {n.split(".")[0] for n, p in task.model.named_parameters() if p.requires_grad}
