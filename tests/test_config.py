@@ -26,6 +26,8 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 NEEDS = {
     "vit_b16_cifar10": ["model.pretrained=scratch"],
     "detr_coco": ["model.backbone_weights=scratch"],
+    "detr_coco_500ep": ["model.backbone_weights=scratch"],
+    "detr_panoptic_stage1_coco": ["model.backbone_weights=scratch"],
     "detr_finetune_custom": [
         "model.pretrained=scratch",
         "model.backbone_weights=scratch",

@@ -124,6 +124,8 @@ def test_paper_numbers_are_written_beside_the_measured_ones(make_cfg, tmp_path):
 def test_every_full_scale_experiment_states_its_paper_numbers_on_the_test_split(make_cfg):
     for experiment in (
         "detr_coco",
+        "detr_coco_500ep",
+        "detr_panoptic_stage1_coco",
         "detr_panoptic_coco",
         "vit_b16_imagenet",
         "vit_s16_imagenet",

@@ -61,8 +61,6 @@ NO_CARD = {
 
 # Cards still being written; emptied as each family's card lands.
 PENDING = {
-    "detr_coco",
-    "detr_panoptic_coco",
     #
     "vit_b16_imagenet",
     "vit_b16_cifar10",

@@ -39,6 +39,20 @@ def test_detr_coco_keeps_the_papers_global_batch_of_64_at_any_device_count(make_
     assert cfg.task.backbone_lr == pytest.approx(1e-5)
 
 
+@pytest.mark.parametrize("devices", [8, 16])
+def test_detr_panoptic_second_stage_keeps_2_images_per_gpu_the_official_16_on_8(make_cfg, caplog, devices):
+    cfg = make_cfg(["experiment=detr_panoptic_coco"])
+    with caplog.at_level(logging.INFO, logger="vtrain"):
+        plan = apply_batch_plan(cfg, world_size=devices)
+    assert (plan.global_batch, cfg.data.batch_size) == (2 * devices, 2)
+    assert cfg.task.optimizer.lr == pytest.approx(1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if devices == 8:
+        assert not warnings
+    else:
+        assert len(warnings) == 1 and "global batch 32 differs from the paper's 16" in warnings[0]
+
+
 @pytest.mark.parametrize("devices, lr", [(8, 1e-3), (16, 2e-3), (64, 8e-3)])
 def test_deit_lr_is_5e_4_times_the_global_batch_over_512(make_cfg, caplog, devices, lr):
     cfg = make_cfg(["experiment=vit_s16_imagenet"])

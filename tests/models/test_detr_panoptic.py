@@ -157,6 +157,24 @@ def test_panoptic_and_detection_checkpoints_load(tmp_path, caplog):
     assert torch.equal(other_classes.mask_head.lay1.weight, source.mask_head.lay1.weight)
 
 
+def test_a_frozen_detr_refuses_a_checkpoint_of_another_class_count(tmp_path):
+    """The second stage trains the mask head only: a DETR whose class head would start random (a 91-class
+    COCO detection checkpoint under a 250-class panoptic model) would never learn its classes."""
+    detection = detr_tiny(backbone_weights="scratch", num_classes=11)
+    path = tmp_path / "detection.pth"
+    torch.save({"model": detection.state_dict()}, path)
+    frozen = create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=3, freeze_detr=True)
+    with pytest.raises(
+        ValueError, match=r"detection.pth: class head .* \(12, 64\) in the checkpoint .* frozen"
+    ):
+        load_detr_checkpoint(frozen, path)
+    same = create_model("detr_tiny_panoptic", backbone_weights="scratch", num_classes=11, freeze_detr=True)
+    load_detr_checkpoint(same, path)
+    assert torch.equal(same.detr.class_embed.weight, detection.class_embed.weight)
+    assert not any(p.requires_grad for p in same.detr.parameters())
+    assert all(p.requires_grad for p in same.mask_head.parameters())
+
+
 def test_focal_and_dice_losses_by_hand():
     logits = torch.tensor([[0.0, 2.0, -1.0, 0.5]])
     target = torch.tensor([[1.0, 1.0, 0.0, 0.0]])

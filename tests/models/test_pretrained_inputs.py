@@ -38,6 +38,8 @@ REQUIRED = {
     "detr_coco": [
         ("model.backbone_weights", "torchvision ImageNet resnet50 state dict such as resnet50-0676ba61.pth")
     ],
+    "detr_coco_500ep": [("model.backbone_weights", "resnet50-0676ba61.pth")],
+    "detr_panoptic_stage1_coco": [("model.backbone_weights", "resnet50-0676ba61.pth")],
     "detr_finetune_custom": [
         ("model.pretrained", "official detr-r50-e632da11.pth"),
         ("model.backbone_weights", "resnet50-0676ba61.pth"),

@@ -21,12 +21,17 @@ from vtrain.models import create_model
 from vtrain.models.detr import PanopticSetCriterion, PostProcessPanoptic
 from vtrain.tasks import PanopticTask
 
-DIGIT = 7  # the category of the tiny set's crowds
+
+def _pixel_boxes(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Normalised cx, cy, w, h of the pixels each mask covers (last row and column counted, as the
+    instances file's boxes; the targets' boxes stop at the last pixel's index, as DETR's)."""
+    x0, y0, x1, y1 = (masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1])).unbind(-1)
+    return torch.stack([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], -1)
 
 
 class Oracle(nn.Module):
-    """Predicts, for the images of the current batch, exactly the segments it is shown beforehand, and one
-    extra digit segment on the pixels no target covers (the crowd regions the targets leave out)."""
+    """Predicts, for the images of the current batch, exactly the segments it is shown beforehand (crowd
+    ones included, as the targets are), with the boxes of the pixels they cover."""
 
     def __init__(self, num_classes: int, num_queries: int = 12) -> None:
         super().__init__()
@@ -45,16 +50,8 @@ class Oracle(nn.Module):
             h, w = target["masks"].shape[-2:]
             logits[i, torch.arange(n), target["labels"]] = 10.0
             logits[i, :n, -1] = -10.0
-            boxes[i, :n] = target["boxes"]
+            boxes[i, :n] = _pixel_boxes(target["masks"], h, w)
             masks[i, :n, :h, :w] = target["masks"].float() * 20 - 10
-            uncovered = ~target["masks"].any(0)
-            if uncovered.any():
-                logits[i, n, DIGIT], logits[i, n, -1] = 10.0, -10.0
-                masks[i, n, :h, :w] = uncovered.float() * 20 - 10
-                x0, y0, x1, y1 = masks_to_boxes(uncovered[None])[0].tolist()
-                boxes[i, n] = torch.tensor(
-                    [(x0 + x1 + 1) / 2 / w, (y0 + y1 + 1) / 2 / h, (x1 + 1 - x0) / w, (y1 + 1 - y0) / h]
-                )
         return {"pred_logits": logits * self.scale, "pred_boxes": boxes, "pred_masks": masks}
 
 
@@ -132,6 +129,34 @@ def test_tiny_experiment_runs_through_the_cli(make_cfg, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "val/PQ" in json.dumps(metrics) and "val/mask_AP" in json.dumps(metrics)
     assert list((tmp_path / "run" / "pictures").glob("val_panoptic_step*.png"))
+
+
+def test_first_stage_trains_a_box_detr_on_the_panoptic_boxes_through_the_cli(make_cfg, tmp_path):
+    """experiment=detr_panoptic_stage1_coco on the tiny panoptic set with the tiny DETR: a detection task on
+    boxes-only panoptic targets (crowd segments included), box AP against the instances file; its
+    checkpoint then loads as the second stage's frozen DETR."""
+    cfg = make_cfg(
+        [
+            "experiment=detr_panoptic_stage1_coco",
+            "data=coco_panoptic_tiny",
+            "model=detr_tiny",
+            "model.backbone_weights=scratch",
+            "model.frozen_bn=false",
+            *SMOKE,
+            "trainer.limit_train_batches=2",
+            "data.batch_size=2",
+            "test=false",
+        ]
+    )
+    assert cfg.data.masks is False and cfg.data.num_classes == 18
+    run(cfg)
+    metrics = json.dumps(json.loads((tmp_path / "run" / "metrics.json").read_text()))
+    assert "val/AP" in metrics and "val/PQ" not in metrics
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    frozen = create_model(
+        "detr_tiny_panoptic", pretrained=checkpoint, num_classes=18, frozen_bn=False, freeze_detr=True
+    )
+    assert not any(p.requires_grad for p in frozen.detr.parameters())
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 
 from vtrain.data.coco import Target, check_json_image_sizes
 from vtrain.data.detection import DetectionDataModule
@@ -45,18 +46,27 @@ class CocoPanoptic(Dataset):
         split: "train", "val" or any other name the files use.
         transform: ``transform(image, target) -> (image, target)``, e.g. ``build_detr_transforms``: the
             masks are ``tv_tensors.Mask``, so every geometric step moves them (nearest) with the image.
-        train: leave crowd segments out of the targets (as DETR trains); False keeps them, flagged.
+        masks: put the segment masks in the targets (the mask head's second stage); False gives boxes only
+            (the box model of the first stage; the official ``return_masks``, False without ``--masks``).
         skip_corrupt: an unreadable image makes the sample None instead of raising.
+
+    As the official loader (facebookresearch/detr datasets/coco_panoptic.py:41-63 at 29901c5), every segment
+    of the image is a target, crowd segments included (flagged by ``iscrowd``, which the losses do not
+    read), and each box is the extent of its mask (util/box_ops.py:64-88), not the JSON's ``bbox``.
 
     Reading an image whose size differs from the JSON's ``width`` and ``height``, or from its segment PNG,
     raises ImageSizeError naming both.
 
     Segments that a transform leaves without pixels (cropped away inside a box that was kept, too thin for
-    a downscale) are dropped from the transformed target.
+    a downscale) are dropped from the transformed target (the official crop keeps them while their box
+    has an area).
 
     A sample is ``(image, target)``, the target a dict with
-        masks      ``tv_tensors.Mask`` [N, H, W] bool, one per segment (things and stuff);
-        boxes      ``tv_tensors.BoundingBoxes`` [N, 4] XYXY pixels (the segment's ``bbox``);
+        masks      ``tv_tensors.Mask`` [N, H, W] bool, one per segment (things and stuff); absent when
+                   ``masks`` is False;
+        boxes      ``tv_tensors.BoundingBoxes`` [N, 4] XYXY pixels: the first and the last column and row
+                   of the segment's mask (``torchvision.ops.masks_to_boxes``, as the official code: one
+                   pixel narrower and lower than the JSON's ``bbox``, which counts pixels);
         labels     [N] int64 category ids; ``area`` [N] float32 pixels; ``iscrowd`` [N] int64;
         image_id, orig_size, size  as in ``vtrain.data.coco.CocoDetection``.
 
@@ -71,7 +81,7 @@ class CocoPanoptic(Dataset):
         root: str | Path,
         split: str = "val",
         transform: Callable[[Image.Image, Target], tuple[Any, Target]] | None = None,
-        train: bool = True,
+        masks: bool = True,
         skip_corrupt: bool = False,
     ) -> None:
         root = Path(root)
@@ -113,7 +123,7 @@ class CocoPanoptic(Dataset):
         )
         if unknown:
             raise ValueError(f"{self.annotation_file}: segments of undeclared categories {sorted(unknown)}")
-        self.split, self.transform, self.train = split, transform, train
+        self.split, self.transform, self.masks = split, transform, masks
         self.ids = sorted(self.images)
         self.num_classes = max(self.categories) + 1
         self.category_names = [self.categories.get(label, "N/A") for label in range(self.num_classes)]
@@ -135,6 +145,8 @@ class CocoPanoptic(Dataset):
         if self.transform is None:
             return image, target
         image, target = self.transform(image, target)
+        if not self.masks:
+            return image, target
         # a crop can keep a segment's box but none of its pixels, a downscale can lose a thin segment
         keep = target["masks"].flatten(1).any(1)
         if not keep.all():
@@ -152,25 +164,29 @@ class CocoPanoptic(Dataset):
     def target(self, image_id: int, height: int, width: int) -> Target:
         """The target dict of image ``image_id`` (see the class docstring) for an image of that size."""
         segments = self.annotations[image_id]["segments_info"] if image_id in self.annotations else []
-        if self.train:
-            segments = [s for s in segments if not s.get("iscrowd", 0)]
         if segments:
+            png = self.segmentation_folder / self.annotations[image_id]["file_name"]
             ids = torch.from_numpy(self.segmentation(image_id))
             if ids.shape != (height, width):
-                png = self.segmentation_folder / self.annotations[image_id]["file_name"]
                 raise ImageSizeError(
                     f"{png}: the segment PNG of image {image_id} is {ids.shape[1]} x {ids.shape[0]} pixels "
                     f"(width x height) but its image is {width} x {height}"
                 )
             masks = ids[None] == torch.tensor([s["id"] for s in segments])[:, None, None]
+            empty = [s["id"] for s, mask in zip(segments, masks, strict=True) if not mask.any()]
+            if empty:
+                raise ValueError(
+                    f"{png}: segments {empty} of image {image_id} in {self.annotation_file} have no pixels "
+                    "in the PNG (expected every segments_info id to occur in it)"
+                )
         else:
             masks = torch.zeros(0, height, width, dtype=torch.bool)
-        boxes = torch.tensor([s["bbox"] for s in segments], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
         size = torch.tensor([height, width])
-        return {
+        target = {
             "masks": tv_tensors.Mask(masks),
-            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "boxes": tv_tensors.BoundingBoxes(
+                masks_to_boxes(masks), format="XYXY", canvas_size=(height, width)
+            ),
             "labels": torch.tensor([s["category_id"] for s in segments], dtype=torch.int64),
             "area": masks.flatten(1).sum(1).float(),
             "iscrowd": torch.tensor([s.get("iscrowd", 0) for s in segments], dtype=torch.int64),
@@ -178,6 +194,9 @@ class CocoPanoptic(Dataset):
             "orig_size": size,
             "size": size.clone(),
         }
+        if not self.masks:
+            del target["masks"]
+        return target
 
 
 class PanopticDataModule(DetectionDataModule):
@@ -186,10 +205,20 @@ class PanopticDataModule(DetectionDataModule):
 
     Arguments as :class:`~vtrain.data.detection.DetectionDataModule` (DETR's augmentation moves the masks
     with the image), except that ``num_classes`` may exceed the largest category id + 1 (DETR's panoptic
-    models have 250 classes for COCO's ids up to 200). Batches are ``(images, mask, targets)`` whose targets
-    also hold ``masks`` [N, h, w] bool at the size of the transformed (unpadded) image. Box and mask AP
-    read ``val_annotation_file`` / ``test_annotation_file`` (instances files) when they exist.
+    models have 250 classes for COCO's ids up to 200), and
+
+        masks: targets with the segment masks (True: the mask head's training); False: boxes only, for the
+            first stage's box model (a detection task, box AP against the instances file).
+
+    Batches are ``(images, mask, targets)`` whose targets also hold ``masks`` [N, h, w] bool at the size of
+    the transformed (unpadded) image. Every segment is a target, crowd ones included, with the box of its
+    mask (see :class:`CocoPanoptic`). Box and mask AP read ``val_annotation_file`` /
+    ``test_annotation_file`` (instances files) when they exist.
     """
+
+    def __init__(self, *args: Any, masks: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.masks = masks
 
     def _panoptic_file(self, split: str) -> Path:
         return Path(self.root) / "annotations" / f"panoptic_{split}2017.json"
@@ -214,7 +243,9 @@ class PanopticDataModule(DetectionDataModule):
 
     def _load(self, split: str, train: bool) -> CocoPanoptic:
         transform = self.train_transform if train else self.eval_transform
-        dataset = CocoPanoptic(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+        dataset = CocoPanoptic(
+            self.root, split, transform=transform, masks=self.masks, skip_corrupt=self.skip_corrupt
+        )
         if self.num_classes is None:
             self.num_classes = dataset.num_classes
         if dataset.num_classes > self.num_classes:

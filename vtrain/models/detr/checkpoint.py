@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 CLASS_HEAD = ("class_embed.weight", "class_embed.bias")
 
 
-def load_detr_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+def load_detr_checkpoint(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, frozen: bool = False
+) -> nn.Module:
     """Load weights into a :class:`~vtrain.models.detr.DETR` in place.
 
     Formats: an official DETR checkpoint (``{"model": state_dict}``, e.g. ``detr-r50-e632da11.pth``), a bare
@@ -33,6 +35,8 @@ def load_detr_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool
         strict: raise on missing or unexpected keys (otherwise they are logged). Mis-shaped keys always
             raise, except the class head, which is skipped with a warning when its shape differs (an
             official 91-class COCO checkpoint fine-tuned on another class count).
+        frozen: the DETR will not train (a panoptic model's ``freeze_detr``): a class head of another
+            shape is an error rather than a fresh head.
 
     Returns:
         ``model``.
@@ -44,17 +48,25 @@ def load_detr_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool
     path = Path(path)
     state_dict = dict(read_state_dict(path))
     panoptic = isinstance(getattr(model, "detr", None), nn.Module)  # DETRPanoptic: its DETR under `detr.`
+    frozen = frozen or (panoptic and getattr(model, "freeze_detr", False))
     if panoptic and not any(key.startswith("detr.") for key in state_dict):
         logger.warning(
             "%s: a detection checkpoint; loading the DETR part, the mask head stays as it is", path
         )
-        load_detr_checkpoint(model.detr, path, strict)
+        load_detr_checkpoint(model.detr, path, strict, frozen=frozen)
         return model
     class_head = tuple(("detr." if panoptic else "") + key for key in CLASS_HEAD)
     expected = model.state_dict()
     allowed_missing: frozenset[str] = frozenset()
     found, wanted = state_dict.get(class_head[0]), expected.get(class_head[0])
     if found is not None and wanted is not None and found.shape != wanted.shape:
+        if frozen:
+            raise ValueError(
+                f"{path}: class head class_embed.weight is {tuple(found.shape)} in the checkpoint but "
+                f"{tuple(wanted.shape)} in the model, whose DETR is frozen (model.freeze_detr=true) and "
+                "would keep a random class head: give a DETR trained on this class count (COCO panoptic: "
+                "250 classes, the first stage's checkpoint)"
+            )
         for key in class_head:
             state_dict.pop(key, None)
         allowed_missing = frozenset(class_head)
