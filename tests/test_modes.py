@@ -125,7 +125,8 @@ def test_every_full_scale_experiment_states_its_paper_numbers_on_the_test_split(
     for experiment in (
         "detr_coco",
         "detr_panoptic_coco",
-        "vit_b16_imagenet",
+        "vit_b16_imagenet_ft384",
+        "vit_b16_cifar10",
         "vit_s16_imagenet",
         "lambda_resnet50_imagenet",
         "igpt_imagenet32",
