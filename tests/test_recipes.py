@@ -64,8 +64,6 @@ PENDING = {
     "detr_coco",
     "detr_panoptic_coco",
     #
-    "vit_b16_imagenet",
-    "vit_b16_cifar10",
     #
     "vit_s16_imagenet",
     #
