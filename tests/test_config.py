@@ -25,6 +25,7 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 # see tests/models/test_pretrained_inputs.py) and a custom data set's root.
 NEEDS = {
     "vit_b16_cifar10": ["model.pretrained=scratch"],
+    "vit_b16_imagenet_ft384": ["model.pretrained=scratch"],
     "detr_coco": ["model.backbone_weights=scratch"],
     "detr_coco_500ep": ["model.backbone_weights=scratch"],
     "detr_panoptic_stage1_coco": ["model.backbone_weights=scratch"],

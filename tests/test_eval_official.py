@@ -55,6 +55,23 @@ def test_official_vit_npz_on_an_imagenet_folder(make_cfg, capsys, tmp_path):
     assert _printed_once(output, "test/acc1")
 
 
+def test_official_vit_imagenet_fine_tuned_npz_in_vit_b16_imagenet_ft384(make_cfg, capsys, tmp_path):
+    # imagenet21k+imagenet2012/ViT-B_16.npz's layout: no pre-logits layer, a 1000-way head, a 24 x 24 grid
+    arrays = _jax_vit_arrays(depth=1, dim=768, heads=12, patch=16, grid=24, num_classes=1000)
+    path = tmp_path / "ViT-B_16.npz"
+    np.savez(path, **arrays)
+    overrides = [
+        "experiment=vit_b16_imagenet_ft384",
+        "data=imagenet_tiny",
+        "data.image_size=384",
+        "+model.depth=1",
+        "data.batch_size=2",
+    ]
+    metrics, output = _evaluate(make_cfg, capsys, tmp_path, [*overrides, f"model.pretrained={path}"])
+    assert 0.0 <= metrics["test/acc1"] <= 1.0 and _printed_once(output, "test/acc1")
+    assert metrics["paper"]["results"]["test/acc1"] == pytest.approx(0.7791)
+
+
 def test_official_ttsr_pt_on_cufed5_layout_data(make_cfg, capsys, tmp_path):
     generator = torch.Generator().manual_seed(0)
     official = {

@@ -62,8 +62,6 @@ NO_CARD = {
 # Cards still being written; emptied as each family's card lands.
 PENDING = {
     #
-    "vit_b16_imagenet",
-    "vit_b16_cifar10",
     #
     "vit_s16_imagenet",
     #

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from vtrain.data.classification import ClassificationDataModule
 from vtrain.data.imagenet import IMAGENET_WNIDS
@@ -171,7 +172,7 @@ def test_trainer_runs_prepare_setup_and_teardown(tmp_path, tiny):
     assert trainer.state.finished and len(datamodule.val_set) == 3000
 
 
-@pytest.mark.parametrize("recipe", ["cifar", "imagenet", "finetune"])
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet", "finetune", "inception_crop"])
 @pytest.mark.parametrize("train", [True, False])
 def test_every_recipe_gives_normalised_float_images_of_image_size(recipe, train):
     torch.manual_seed(0)
@@ -194,9 +195,33 @@ def test_imagenet_eval_resizes_the_short_side_to_size_over_crop_pct_then_center_
     torch.testing.assert_close(transform(Image.fromarray(pixels)), expected)
 
 
+def test_inception_crop_eval_resizes_the_whole_image_to_a_square():
+    # vit_jax/input_pipeline.py:213: tf.image.resize(im, [size, size]), no crop, the aspect ratio not kept
+    base = np.random.default_rng(0).integers(0, 256, size=(16, 32, 3), dtype=np.uint8)
+    pixels = base.repeat(2, axis=1)  # a 16 x 64 image of column pairs: any nearest resize halves it exactly
+    transform = build_classification_transforms(
+        False, 32, "inception_crop", interpolation="nearest", **VIT_STATS
+    )
+    expected = torch.from_numpy(base.repeat(2, axis=0)).permute(2, 0, 1) / 255 * 2 - 1
+    torch.testing.assert_close(transform(Image.fromarray(pixels)), expected)
+
+
+def test_inception_crop_train_crops_5_to_100_percent_of_the_area_then_flips():
+    transform = build_classification_transforms(True, 32, "inception_crop", **VIT_STATS)
+    crop, flip = transform.transforms[:2]
+    assert isinstance(crop, v2.RandomResizedCrop) and isinstance(flip, v2.RandomHorizontalFlip)
+    assert tuple(crop.size) == (32, 32) and crop.scale == (0.05, 1.0)
+    assert crop.ratio == pytest.approx((3 / 4, 4 / 3))
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.zeros(3, 100, 100, dtype=torch.uint8))
+    areas = [params["height"] * params["width"] for params in (crop.make_params([image]) for _ in range(400))]
+    assert min(areas) < 0.08 * 100 * 100 and max(areas) > 0.9 * 100 * 100  # below torchvision's 8 %
+
+
 def test_transform_arguments_are_checked():
     with pytest.raises(
-        ValueError, match=r"recipe must be one of \('cifar', 'imagenet', 'finetune'\), found 'deit'"
+        ValueError,
+        match=r"recipe must be one of \('cifar', 'imagenet', 'finetune', 'inception_crop'\), found 'deit'",
     ):
         build_classification_transforms(True, 32, "deit", **VIT_STATS)
     with pytest.raises(

@@ -1,6 +1,8 @@
 import math
 
+import numpy as np
 import pytest
+import scipy.ndimage
 import timm.layers
 import torch
 
@@ -110,6 +112,20 @@ def test_resample_abs_pos_embed_equals_timm(old_grid, new_grid, num_prefix_token
     assert ours.shape == (1, num_prefix_tokens + new_grid[0] * new_grid[1], 16)
     assert_close_to_scale(ours, theirs, 1e-6)
     assert torch.equal(ours[:, :num_prefix_tokens], pos_embed[:, :num_prefix_tokens])
+
+
+@pytest.mark.parametrize(("old_side", "new_side"), [(14, 24), (24, 14), (7, 12), (12, 7)])
+def test_bilinear_aligned_corners_is_scipy_zoom_order_1(old_side, new_side):
+    # the official ViT code's resize: scipy.ndimage.zoom(grid, (new / old, new / old, 1), order=1)
+    grid = np.random.default_rng(0).standard_normal((old_side, old_side, 16)).astype(np.float32)
+    zoom = new_side / old_side
+    expected = scipy.ndimage.zoom(grid, (zoom, zoom, 1), order=1).reshape(1, new_side * new_side, 16)
+    pos_embed = torch.cat([torch.ones(1, 1, 16), torch.from_numpy(grid).reshape(1, -1, 16)], dim=1)
+    ours = resample_abs_pos_embed(
+        pos_embed, (new_side, new_side), mode="bilinear", antialias=False, align_corners=True
+    )
+    assert_close_to_scale(ours[:, 1:], torch.from_numpy(expected), 1e-5)
+    assert torch.equal(ours[:, :1], pos_embed[:, :1])
 
 
 def test_resample_abs_pos_embed_keeps_table_on_same_grid_and_rejects_non_square():

@@ -57,6 +57,7 @@ REQUIRED = {
     "vit_b16_cifar10": [
         ("model.pretrained", "ImageNet-21k ViT-B/16 to fine-tune: official imagenet21k/ViT-B_16.npz")
     ],
+    "vit_b16_imagenet_ft384": [("model.pretrained", "the 224 px ImageNet-1k ViT-B/16 to fine-tune")],
     "igpt_cifar10_probe": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
     "igpt_cifar10_finetune": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
 }
@@ -283,6 +284,26 @@ def test_official_jax_npz_loads_into_vit_b16_cifar10(make_cfg, tmp_path):
         model.blocks[0].norm1.weight, torch.from_numpy(arrays["Transformer/encoderblock_0/LayerNorm_0/scale"])
     )
     assert torch.equal(model.patch_embed.proj.bias, torch.from_numpy(arrays["embedding/bias"]))
+
+
+def test_vit_b16_imagenet_run_is_what_vit_b16_imagenet_ft384_starts_from(make_cfg, tmp_path):
+    # the 224 px run's model (pre-logits layer of 768, 14 x 14 grid) saved as a vtrain checkpoint
+    pretraining = build(make_cfg(["experiment=vit_b16_imagenet", *SHRINK["vit"]]))
+    with torch.no_grad():
+        for parameter in pretraining.parameters():
+            parameter.normal_(0, 0.02, generator=torch.Generator().manual_seed(parameter.numel()))
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in pretraining.state_dict().items()}}, path)
+    model = build(make_cfg(["experiment=vit_b16_imagenet_ft384", f"model.pretrained={path}", *SHRINK["vit"]]))
+    # the official drop-head variant: no pre-logits, a zero-initialised 1000-way head (ViT section 3.2)
+    assert isinstance(model.pre_logits, torch.nn.Identity) and torch.count_nonzero(model.head.weight) == 0
+    assert torch.equal(model.blocks[0].attn.qkv.weight, pretraining.blocks[0].attn.qkv.weight)
+    # 14 x 14 -> 24 x 24 as vit_jax/checkpoint.py:209-238: class token kept, the grid's corners too
+    grid = model.pos_embed[0, 1:].detach().reshape(24, 24, 768)
+    old = pretraining.pos_embed[0, 1:].detach().reshape(14, 14, 768)
+    assert torch.equal(model.pos_embed[:, 0], pretraining.pos_embed[:, 0])
+    for corner in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
+        torch.testing.assert_close(grid[corner], old[corner], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("experiment", ["igpt_cifar10_probe", "igpt_cifar10_finetune"])

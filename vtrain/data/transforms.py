@@ -6,7 +6,12 @@ Recipes:
     imagenet  train: RandomResizedCrop(image_size) + flip; eval: Resize(int(image_size / crop_pct)) +
               CenterCrop(image_size). The ImageNet recipe of ViT / DeiT / LambdaNetworks.
     finetune  train: Resize to image_size x image_size, RandomCrop with padding image_size // 8, flip;
-              eval: Resize to image_size x image_size. ViT's fine-tuning of CIFAR at 384 px.
+              eval: Resize to image_size x image_size.
+    inception_crop
+              train: a random crop of 5 % to 100 % of the image's area, aspect ratio 3/4 to 4/3, resized to
+              image_size x image_size, + flip; eval: the whole image resized to image_size x image_size
+              (no center crop: crop fraction 1, aspect ratio not kept). The official ViT input pipeline
+              (google-research/vision_transformer vit_jax/input_pipeline.py:195-213 at c6de1e5).
 
 Every pipeline takes a PIL image or a ``tv_tensors.Image`` (uint8) and returns a plain float tensor
 ``[3, image_size, image_size]`` normalised by mean / std. Mixup / CutMix act on batches, in the task.
@@ -17,7 +22,11 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-RECIPES = ("cifar", "imagenet", "finetune")
+RECIPES = ("cifar", "imagenet", "finetune", "inception_crop")
+# tf.image.sample_distorted_bounding_box(area_range=(0.05, 1.0)) of vit_jax/input_pipeline.py:199-204, its
+# default aspect_ratio_range (0.75, 1.33)
+INCEPTION_CROP_AREA = (0.05, 1.0)
+INCEPTION_CROP_RATIO = (3 / 4, 4 / 3)
 INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
@@ -43,7 +52,8 @@ def build_classification_transforms(
         train: the augmenting train pipeline, else the deterministic eval one.
         image_size: side of the square output, in pixels.
         mean, std: per-channel statistics for images scaled to [0, 1].
-        crop_pct: imagenet eval: fraction of the resized image kept by the center crop.
+        crop_pct: imagenet eval: fraction of the resized image kept by the center crop (other recipes keep
+            the whole image).
         randaugment_magnitude: adds RandAugment (2 ops) to a train pipeline, magnitude on timm's 0-10 scale
             ("rand-m9" is 9); None adds nothing.
         interpolation: "bicubic", "bilinear" or "nearest", for the resizes and crops.
@@ -71,6 +81,14 @@ def build_classification_transforms(
             steps = [v2.RandomResizedCrop(image_size, interpolation=mode)]
         else:
             steps = [v2.Resize(int(image_size / crop_pct), interpolation=mode), v2.CenterCrop(image_size)]
+    elif recipe == "inception_crop":
+        if train:
+            crop = v2.RandomResizedCrop(
+                square, scale=INCEPTION_CROP_AREA, ratio=INCEPTION_CROP_RATIO, interpolation=mode
+            )
+            steps = [crop]
+        else:
+            steps = [v2.Resize(square, interpolation=mode)]
     else:
         steps = [v2.Resize(square, interpolation=mode)]
         if train:

@@ -13,6 +13,7 @@ def resample_abs_pos_embed(
     num_prefix_tokens: int = 1,
     mode: str = "bicubic",
     antialias: bool = True,
+    align_corners: bool | None = None,
 ) -> torch.Tensor:
     """Interpolate the grid part of a position-embedding table to ``new_grid`` (ViT paper, section 3.2).
 
@@ -26,6 +27,9 @@ def resample_abs_pos_embed(
         num_prefix_tokens: leading rows that belong to no grid position.
         mode: ``F.interpolate`` mode.
         antialias: low-pass before downsampling (no effect when upsampling); timm's default.
+        align_corners: ``F.interpolate``'s (linear and cubic modes): the corner positions of both grids
+            coincide. ``mode="bilinear", antialias=False, align_corners=True`` is the official ViT code's
+            ``scipy.ndimage.zoom(grid, zoom, order=1)``; the defaults are timm's.
 
     Returns:
         [1, num_prefix_tokens + h * w, D], same dtype as ``pos_embed``.
@@ -50,6 +54,8 @@ def resample_abs_pos_embed(
     dim = grid.shape[-1]
     # interpolate needs float32 (bicubic is not implemented for half on CPU)
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, antialias=antialias)
+    grid = F.interpolate(
+        grid, size=tuple(new_grid), mode=mode, antialias=antialias, align_corners=align_corners
+    )
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
