@@ -133,7 +133,8 @@ def _timm_train(
 ) -> Callable:
     """timm's training pipeline (a torchvision ``Compose`` of timm transforms): PIL image -> normalised
     float tensor [3, image_size, image_size]."""
-    from timm.data import create_transform  # a dependency of the timm recipe only
+    # imported here: only this recipe needs timm, whose import takes seconds
+    from timm.data import create_transform
 
     if randaugment_magnitude is not None or random_erasing > 0:
         raise ValueError(
