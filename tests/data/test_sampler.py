@@ -159,3 +159,23 @@ def test_repeated_augmentation_takes_the_images_deits_rasampler_takes(num_replic
         sampler = RepeatedAugmentationSampler(RandomDraws(size), seed=0, num_replicas=num_replicas, rank=rank)
         sampler.set_epoch(epoch)
         assert [index for index, _ in sampler] == repeated[rank::num_replicas][:length]
+
+
+def test_repeated_augmentation_draws_of_every_generator_do_not_depend_on_the_rank():
+    # what the DDP-equivalence test needs of the data: rank r's i-th batches together hold the same
+    # (image, torch / Python / NumPy draws) as one process's i-th batch of twice the size
+    dataset = EveryGeneratorDraws(520)
+
+    def batches(num_replicas: int, rank: int, batch_size: int) -> list[list[tuple]]:
+        sampler = RepeatedAugmentationSampler(dataset, seed=1, num_replicas=num_replicas, rank=rank)
+        loader = DataLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler, drop_last=True)
+        return [list(zip(*(t.tolist() for t in batch), strict=True)) for batch in loader]
+
+    single = batches(1, 0, 16)
+    ranks = [batches(2, r, 8) for r in range(2)]
+    assert len(single) == 32
+    for step, batch in enumerate(single):
+        assert sorted(batch) == sorted(ranks[0][step] + ranks[1][step])
+    # the three copies of an image differ in every generator's draws
+    first = [key for key in single[0] if key[0] == single[0][0][0]]
+    assert len(first) == 3 and all(len({key[g] for key in first}) == 3 for g in (1, 2, 3))
