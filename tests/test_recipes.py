@@ -67,7 +67,6 @@ PENDING = {
     "vit_b16_imagenet",
     "vit_b16_cifar10",
     #
-    "vit_s16_imagenet",
     #
     "igpt_imagenet32",
     "igpt_s_cifar10",
