@@ -114,8 +114,8 @@ class RepeatedAugmentationSampler(SeededShuffleSampler):
         if size < self.EPOCH_MULTIPLE:
             raise ValueError(
                 f"RepeatedAugmentationSampler: an epoch is the data set's {size} samples rounded down to a "
-                f"multiple of {self.EPOCH_MULTIPLE} (as DeiT's RASampler), which leaves none; data.repeated_aug=1 "
-                "turns repeated augmentation off"
+                f"multiple of {self.EPOCH_MULTIPLE} (as DeiT's RASampler), which leaves none; "
+                "data.repeated_aug=1 turns repeated augmentation off"
             )
         self.repeats = repeats
         self.num_samples = size // self.EPOCH_MULTIPLE * self.EPOCH_MULTIPLE // self.num_replicas
