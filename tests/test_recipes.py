@@ -63,7 +63,6 @@ NO_CARD = {
 PENDING = {
     #
     #
-    "vit_s16_imagenet",
     #
     "igpt_imagenet32",
     "igpt_s_cifar10",

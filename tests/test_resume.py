@@ -60,6 +60,15 @@ RUN = [
 ]
 
 
+# DeiT's data pipeline on the same run: repeated augmentation (3 copies) and timm's RandAugment and random
+# erasing, which draw from Python's `random`, NumPy and torch
+DEIT_DATA = [
+    "data.repeated_aug=3",
+    "data.recipe=timm",
+    "data.timm_train={auto_augment: rand-m9-mstd0.5-inc1, re_prob: 0.25, re_mode: pixel, re_count: 1}",
+]
+
+
 def _final_state(run_dir: Path) -> tuple[dict, dict]:
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     return ckpt, json.loads((run_dir / "metrics.json").read_text())
@@ -85,9 +94,10 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+@pytest.mark.parametrize("data", [[], DEIT_DATA], ids=["default", "deit"])
 @pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, data_dir, num_workers):
-    common = [*RUN, f"data.num_workers={num_workers}", f"paths.data_dir={data_dir}"]
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, data_dir, num_workers, data):
+    common = [*RUN, *data, f"data.num_workers={num_workers}", f"paths.data_dir={data_dir}"]
     reference = tmp_path / "reference"
     run_cli([*common, f"hydra.run.dir={reference}"], cwd=tmp_path)
 

@@ -1,4 +1,5 @@
 import logging
+import random
 import shutil
 from pathlib import Path
 
@@ -7,18 +8,25 @@ import pytest
 import pytorch_lightning as L
 import torch
 from PIL import Image
+from timm.data import create_transform
 from torch import nn
-from torchvision import tv_tensors
+from torchvision import transforms, tv_tensors
 from torchvision.transforms import v2
 
 from vtrain.data.classification import ClassificationDataModule
 from vtrain.data.imagenet import IMAGENET_WNIDS
 from vtrain.data.images import CorruptImageError
+from vtrain.data.sampler import SeededSamples, sample_seed
 from vtrain.data.tiny import IMAGENET_TINY_PHOTOS
 from vtrain.data.transforms import build_classification_transforms
 
 CIFAR_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 VIT_STATS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+IMAGENET_STATS = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# DeiT's training augmentation (facebookresearch/deit main.py defaults, datasets.py build_transform)
+DEIT_TIMM_TRAIN = dict(
+    auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, re_prob=0.25, re_mode="pixel", re_count=1
+)
 
 
 def _cifar10(root: Path, **overrides) -> ClassificationDataModule:
@@ -221,7 +229,7 @@ def test_inception_crop_train_crops_5_to_100_percent_of_the_area_then_flips():
 def test_transform_arguments_are_checked():
     with pytest.raises(
         ValueError,
-        match=r"recipe must be one of \('cifar', 'imagenet', 'finetune', 'inception_crop'\), found 'deit'",
+        match=r"one of \('cifar', 'imagenet', 'finetune', 'inception_crop', 'timm'\), found 'deit'",
     ):
         build_classification_transforms(True, 32, "deit", **VIT_STATS)
     with pytest.raises(
@@ -242,3 +250,86 @@ def test_hflip_can_be_turned_off_and_random_erasing_erases():
     assert (erasing(pixels) == 0).sum() > 0
     with pytest.raises(ValueError, match="random_erasing"):
         build_classification_transforms(True, 32, "cifar", random_erasing=1.5, **VIT_STATS)
+
+
+def _photos(count: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(60, 140, size=(count, 2))
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+def _seeded(transform, image, seed: int) -> torch.Tensor:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return transform(image)
+
+
+def test_timm_recipe_is_timms_create_transform_as_deit_calls_it():
+    ours = build_classification_transforms(True, 48, "timm", timm_train=DEIT_TIMM_TRAIN, **IMAGENET_STATS)
+    timms = create_transform(
+        48, is_training=True, interpolation="bicubic", **DEIT_TIMM_TRAIN, **IMAGENET_STATS
+    )
+    photos, outputs = _photos(12), []
+    for seed, image in enumerate(photos):
+        output = _seeded(ours, image, seed)
+        assert type(output) is torch.Tensor and output.shape == (3, 48, 48)
+        torch.testing.assert_close(output, _seeded(timms, image, seed), rtol=0, atol=0)
+        outputs.append(output)
+    assert not torch.equal(outputs[0], _seeded(ours, photos[0], 99))  # the seeds matter
+    # a tensor sample (CIFAR) goes through the same PIL pipeline
+    pixels = tv_tensors.Image(torch.from_numpy(np.array(photos[0])).permute(2, 0, 1))
+    torch.testing.assert_close(_seeded(ours, pixels, 0), outputs[0], rtol=0, atol=0)
+
+
+class _TransformedPhotos(torch.utils.data.Dataset):
+    """Four photos through `transform`."""
+
+    def __init__(self, transform) -> None:
+        self.transform, self.photos = transform, _photos(4)
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.photos[index]), index
+
+
+def test_timm_recipe_draws_are_fixed_by_the_sample_seed():
+    # RandAugment (NumPy's and Python's generators), erasing (Python's and torch's): the same key gives the
+    # same image whatever ran before, another key another image
+    transform = build_classification_transforms(
+        True, 48, "timm", timm_train=DEIT_TIMM_TRAIN, **IMAGENET_STATS
+    )
+    samples = SeededSamples(_TransformedPhotos(transform))
+    key = (3, sample_seed(0, 0, 3))
+    first = samples[key][0]
+    random.random(), np.random.rand(), torch.rand(1)
+    assert torch.equal(samples[key][0], first)
+    assert not torch.equal(samples[(3, sample_seed(0, 1, 3))][0], first)
+
+
+def test_timm_recipe_evaluates_as_deit():
+    # DeiT datasets.py:99-108: Resize(int(224 / 0.875) = 256, bicubic) of the short side, CenterCrop(224)
+    ours = build_classification_transforms(False, 224, "timm", timm_train=DEIT_TIMM_TRAIN, **IMAGENET_STATS)
+    deit = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_STATS["mean"], IMAGENET_STATS["std"]),
+        ]
+    )
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    torch.testing.assert_close(ours(image), deit(image))
+
+
+def test_timm_recipe_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"timm_train must not set \['hflip', 'mean'\]"):
+        build_classification_transforms(True, 32, "timm", timm_train={"hflip": 0.5, "mean": 0}, **VIT_STATS)
+    with pytest.raises(ValueError, match="takes RandAugment and random erasing from timm_train"):
+        build_classification_transforms(True, 32, "timm", randaugment_magnitude=9, **VIT_STATS)
+    with pytest.raises(
+        ValueError, match="timm_train is for recipe 'timm' only, found it with recipe 'imagenet'"
+    ):
+        build_classification_transforms(True, 32, "imagenet", timm_train=DEIT_TIMM_TRAIN, **VIT_STATS)

@@ -153,6 +153,30 @@ def test_init_follows_the_official_jax_code():
     assert model.patch_embed.proj.weight.std().item() == pytest.approx(math.sqrt(1 / (3 * 8 * 8)), rel=0.1)
 
 
+def test_deit_init_is_timm_0_3_2s():
+    # facebookresearch/deit models.py -> timm 0.3.2 VisionTransformer.__init__ / _init_weights
+    torch.manual_seed(0)
+    model = VisionTransformer(**{**SMALL, "embed_dim": 192, "num_heads": 3}, weight_init="deit")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert model.head in linears and len(linears) == 1 + 4 * 2
+    for linear in linears:
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert torch.count_nonzero(linear.bias) == 0
+    for name in ("pos_embed", "cls_token"):
+        assert getattr(model, name).std().item() == pytest.approx(0.02, rel=0.3), name
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1
+    assert all(torch.all(n.weight == 1) and torch.count_nonzero(n.bias) == 0 for n in norms)
+    # the patch projection keeps PyTorch's Conv2d default: uniform in +-1 / sqrt(fan_in)
+    bound = 1 / math.sqrt(3 * 8 * 8)
+    weight = model.patch_embed.proj.weight
+    assert weight.abs().max().item() <= bound and weight.std().item() == pytest.approx(
+        bound / math.sqrt(3), rel=0.1
+    )
+    with pytest.raises(ValueError, match=r"weight_init must be one of \('jax', 'deit'\), got 'moco'"):
+        VisionTransformer(**SMALL, weight_init="moco")
+
+
 def _jax_vit_arrays(
     depth: int = 2,
     dim: int = 64,

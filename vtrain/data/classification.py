@@ -34,8 +34,10 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
             ImageNet root.
         num_classes: expected size of the label space (1000 for ImageNet, also for subsets such as
             imagenet_tiny); a mismatch with the data raises.
-        image_size, recipe, mean, std, crop_pct, randaugment_magnitude, hflip, random_erasing: see
-            ``vtrain.data.transforms.build_classification_transforms``.
+        image_size, recipe, mean, std, crop_pct, randaugment_magnitude, hflip, random_erasing,
+            timm_train: see ``vtrain.data.transforms.build_classification_transforms``.
+        repeated_aug: DeiT's repeated augmentation: each training image this many times per epoch, the
+            copies on different ranks (``vtrain.data.sampler.RepeatedAugmentationSampler``); 1: off.
         batch_size: per device; ``eval_batch_size`` defaults to it.
         skip_corrupt: ImageNet: drop unreadable images from their batch instead of failing; the count is
             ``corrupt_count()`` and is logged at teardown.
@@ -64,6 +66,8 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         randaugment_magnitude: int | None = None,
         hflip: bool = True,
         random_erasing: float = 0.0,
+        timm_train: dict | None = None,
+        repeated_aug: int = 1,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -93,6 +97,11 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.collate = collate_skip_corrupt if skip_corrupt else None
         self.num_workers, self.skip_corrupt, self.train_subset = num_workers, skip_corrupt, train_subset
+        if repeated_aug < 1:
+            raise ValueError(
+                f"ClassificationDataModule: repeated_aug must be at least 1 (1: off), found {repeated_aug}"
+            )
+        self.repeated_aug = repeated_aug
         # Pinning needs a GPU; without one torch warns on every loader.
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -105,6 +114,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
             randaugment_magnitude=randaugment_magnitude,
             hflip=hflip,
             random_erasing=random_erasing,
+            timm_train=timm_train,
         )
         self.train_transform = build_classification_transforms(train=True, **transform_args)
         self.eval_transform = build_classification_transforms(train=False, **transform_args)

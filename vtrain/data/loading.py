@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vtrain.data.counts import collect_counts, held_datasets
-from vtrain.data.sampler import SeededSamples, SeededShuffleSampler
+from vtrain.data.sampler import RepeatedAugmentationSampler, SeededSamples, SeededShuffleSampler
 from vtrain.data.splits import base_dataset
 
 
@@ -34,20 +34,28 @@ def make_loader(
     persistent_workers: bool,
     collate_fn: Callable | None,
     owner: str,
+    repeated_aug: int = 1,
 ) -> DataLoader:
     """A shuffled, last-batch-dropping loader for training, a sequential complete one for evaluation.
 
     The training loader is resumable mid-epoch (a ``StatefulDataLoader``, whose position Lightning stores
     in checkpoints) and draws its order and each sample's augmentations from (seed, epoch, index) only,
     see :mod:`vtrain.data.sampler`; in DDP it shards the data itself, so Lightning leaves it as it is.
+    ``repeated_aug`` > 1 trains with DeiT's repeated augmentation, each image that many times per epoch
+    (:class:`~vtrain.data.sampler.RepeatedAugmentationSampler`); 1 shuffles every image once.
     """
     if dataset is None:
         raise RuntimeError(f"{owner}: call setup() before asking for a dataloader")
     if train:
+        sampler = (
+            RepeatedAugmentationSampler(dataset, repeats=repeated_aug)
+            if repeated_aug > 1
+            else SeededShuffleSampler(dataset)
+        )
         return StatefulDataLoader(
             SeededSamples(dataset),
             batch_size=batch_size,
-            sampler=SeededShuffleSampler(dataset),
+            sampler=sampler,
             drop_last=True,
             num_workers=num_workers,
             pin_memory=pin_memory,
@@ -67,12 +75,14 @@ def make_loader(
 
 class LoaderMixin:
     """``_loader(dataset, batch_size, train)`` for a DataModule: :func:`make_loader` with the module's
-    ``num_workers``, ``pin_memory``, ``persistent_workers`` and ``collate`` (None: PyTorch's default)."""
+    ``num_workers``, ``pin_memory``, ``persistent_workers``, ``collate`` (None: PyTorch's default) and
+    ``repeated_aug`` (1: off)."""
 
     num_workers: int
     pin_memory: bool
     persistent_workers: bool
     collate: Callable | None = None
+    repeated_aug: int = 1
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         return make_loader(
@@ -84,6 +94,7 @@ class LoaderMixin:
             self.persistent_workers,
             self.collate,
             type(self).__name__,
+            self.repeated_aug,
         )
 
     def data_counts(self) -> dict[str, int]:

@@ -11,13 +11,17 @@ Two properties follow, and the cluster tests check both:
 
 Per-worker random streams (PyTorch's default) give neither: a resumed worker restarts its stream, and
 which worker or rank draws a sample depends on the world size.
+
+:class:`RepeatedAugmentationSampler` is DeiT's repeated augmentation with the same two properties.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
@@ -78,10 +82,66 @@ class SeededShuffleSampler(StatefulDistributedSampler):
             yield index, sample_seed(self.seed, self.epoch, index)
 
 
+class RepeatedAugmentationSampler(SeededShuffleSampler):
+    """DeiT's repeated augmentation (Hoffer et al. 2020; facebookresearch/deit samplers.py ``RASampler``):
+    every image of an epoch's shuffled order appears ``repeats`` times in a row, each copy with
+    augmentations of its own, and rank r takes every world-size-th entry of that list, so the copies of one
+    image land on different ranks. An epoch is as long as DeiT's: the data set's length rounded down to a
+    multiple of 256 (samplers.py:35), so it sees about 1 / ``repeats`` of the images.
+
+    Yields ``(index, sample_seed)`` pairs for :class:`SeededSamples`; copy k of image i draws with
+    ``sample_seed(seed, epoch, i * repeats + k)``. As for :class:`SeededShuffleSampler`, the ranks' i-th
+    batches together are the i-th batch of one process with a world-size times larger batch, and the
+    position in the epoch is saved for an exact mid-epoch resume. The order is ``torch.randperm`` seeded
+    with ``seed + epoch`` (DeiT seeds it with the epoch alone).
+    """
+
+    # DeiT samplers.py:35 rounds the epoch down to a multiple of 256 samples
+    EPOCH_MULTIPLE = 256
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        repeats: int = 3,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(dataset, seed=seed, num_replicas=num_replicas, rank=rank)
+        if repeats < 1:
+            raise ValueError(f"RepeatedAugmentationSampler: repeats must be at least 1, found {repeats}")
+        size = len(dataset)  # type: ignore[arg-type]
+        if size < self.EPOCH_MULTIPLE:
+            raise ValueError(
+                f"RepeatedAugmentationSampler: an epoch is the data set's {size} samples rounded down to a "
+                f"multiple of {self.EPOCH_MULTIPLE} (as DeiT's RASampler), which leaves none; "
+                "data.repeated_aug=1 turns repeated augmentation off"
+            )
+        self.repeats = repeats
+        self.num_samples = size // self.EPOCH_MULTIPLE * self.EPOCH_MULTIPLE // self.num_replicas
+        self.total_size = self.num_samples * self.num_replicas
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        # the position bookkeeping of StatefulDistributedSampler.__iter__, over this order
+        start, self.next_yielded = self.next_yielded or 0, None
+        self.yielded = start
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
+        positions = range(self.rank, self.total_size, self.num_replicas)
+        for position in positions[start:]:
+            image, copy = divmod(position, self.repeats)
+            index = order[image]
+            self.yielded += 1
+            yield index, sample_seed(self.seed, self.epoch, index * self.repeats + copy)
+
+
 class SeededSamples(Dataset):
     """Wraps a map-style dataset so that ``dataset[(index, seed)]`` runs the wrapped ``dataset[index]``
-    (its loading and transforms, which draw from torch's CPU generator) with that generator seeded by
-    ``seed``, leaving the caller's random state as it was. Integer indices pass through unchanged."""
+    (its loading and transforms) with every random generator a transform may draw from seeded by
+    ``seed``: torch's CPU generator (torchvision), Python's ``random`` and NumPy's global generator
+    (timm's RandAugment, random erasing and random-resized crop), leaving the caller's random states as
+    they were. Integer indices pass through unchanged."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -92,11 +152,18 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         if isinstance(key, tuple):
             index, seed = key
-            with torch.random.fork_rng(devices=[]):
-                # the CPU generator only: torch.manual_seed would also reseed CUDA's, which the training
-                # step uses (dropout) when the loader runs in the main process
-                torch.default_generator.manual_seed(seed)
-                return self.dataset[index]
+            python_state, numpy_state = random.getstate(), np.random.get_state()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    # the CPU generator only: torch.manual_seed would also reseed CUDA's, which the
+                    # training step uses (dropout) when the loader runs in the main process
+                    torch.default_generator.manual_seed(seed)
+                    random.seed(seed)
+                    np.random.seed(seed % 2**32)  # NumPy's legacy seeds are 32-bit
+                    return self.dataset[index]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
         return self.dataset[key]
 
     def __getattr__(self, name: str):

@@ -12,21 +12,29 @@ Recipes:
               image_size x image_size, + flip; eval: the whole image resized to image_size x image_size
               (no center crop: crop fraction 1, aspect ratio not kept). The official ViT input pipeline
               (google-research/vision_transformer vit_jax/input_pipeline.py:195-213 at c6de1e5).
+    timm      train: timm's own ``create_transform(is_training=True, ...)`` (random-resized crop, flip,
+              RandAugment / AutoAugment or colour jitter, random erasing) with the keyword arguments in
+              ``timm_train``, as DeiT builds it (facebookresearch/deit datasets.py build_transform); eval:
+              as imagenet. Its draws come from Python's ``random``, NumPy and torch, all of which
+              ``vtrain.data.sampler.SeededSamples`` seeds per sample.
 
 Every pipeline takes a PIL image or a ``tv_tensors.Image`` (uint8) and returns a plain float tensor
 ``[3, image_size, image_size]`` normalised by mean / std. Mixup / CutMix act on batches, in the task.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-RECIPES = ("cifar", "imagenet", "finetune", "inception_crop")
+RECIPES = ("cifar", "imagenet", "finetune", "inception_crop", "timm")
 # tf.image.sample_distorted_bounding_box(area_range=(0.05, 1.0)) of vit_jax/input_pipeline.py:199-204, its
 # default aspect_ratio_range (0.75, 1.33)
 INCEPTION_CROP_AREA = (0.05, 1.0)
 INCEPTION_CROP_RATIO = (3 / 4, 4 / 3)
+# create_transform arguments that the recipe sets from the data module's own keys
+TIMM_OWN_ARGS = ("input_size", "is_training", "mean", "std", "interpolation", "hflip")
 INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
@@ -45,6 +53,7 @@ def build_classification_transforms(
     interpolation: str = "bicubic",
     hflip: bool = True,
     random_erasing: float = 0.0,
+    timm_train: Mapping[str, Any] | None = None,
 ) -> v2.Compose:
     """The train or eval pipeline of ``recipe`` (see the module docstring).
 
@@ -58,7 +67,11 @@ def build_classification_transforms(
             ("rand-m9" is 9); None adds nothing.
         interpolation: "bicubic", "bilinear" or "nearest", for the resizes and crops.
         hflip: random horizontal flips in the train pipeline (off for digits and text).
-        random_erasing: probability of erasing a random rectangle of a normalised train image (DeiT: 0.25).
+        random_erasing: probability of erasing a random rectangle of a normalised train image with zeros.
+        timm_train: recipe timm: keyword arguments of ``timm.data.create_transform`` besides the size,
+            mean / std, interpolation and flip (which come from the arguments above), e.g. DeiT's
+            ``{auto_augment: rand-m9-mstd0.5-inc1, color_jitter: 0.4, re_prob: 0.25, re_mode: pixel,
+            re_count: 1}``; the torchvision RandAugment and erasing above must then stay off.
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, found {recipe!r}")
@@ -70,13 +83,21 @@ def build_classification_transforms(
         raise ValueError(f"random_erasing must be a probability in [0, 1], found {random_erasing}")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, found {interpolation!r}")
+    if recipe == "timm" and train:
+        timm_steps = _timm_train(
+            image_size, mean, std, interpolation, hflip, randaugment_magnitude, random_erasing, timm_train
+        )
+        # tensor samples (CIFAR) become PIL images, which timm's RandAugment works on
+        return v2.Compose([v2.ToPILImage(), timm_steps, v2.ToPureTensor()])
+    if recipe != "timm" and timm_train:
+        raise ValueError(f"timm_train is for recipe 'timm' only, found it with recipe {recipe!r}")
     mode = INTERPOLATIONS[interpolation]
     square = (image_size, image_size)
 
     if recipe == "cifar":
         resize = [v2.Resize(square, interpolation=mode)] if image_size != 32 else []
         steps = [v2.RandomCrop(32, padding=4), *resize] if train else resize
-    elif recipe == "imagenet":
+    elif recipe in ("imagenet", "timm"):
         if train:
             steps = [v2.RandomResizedCrop(image_size, interpolation=mode)]
         else:
@@ -115,4 +136,42 @@ def build_classification_transforms(
             *([v2.RandomErasing(p=random_erasing, value=0)] if train and random_erasing > 0 else []),
             v2.ToPureTensor(),
         ]
+    )
+
+
+def _timm_train(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str,
+    hflip: bool,
+    randaugment_magnitude: int | None,
+    random_erasing: float,
+    timm_train: Mapping[str, Any] | None,
+) -> Callable:
+    """timm's training pipeline (a torchvision ``Compose`` of timm transforms): PIL image -> normalised
+    float tensor [3, image_size, image_size]."""
+    # imported here: only this recipe needs timm, whose import takes seconds
+    from timm.data import create_transform
+
+    if randaugment_magnitude is not None or random_erasing > 0:
+        raise ValueError(
+            "recipe 'timm' takes RandAugment and random erasing from timm_train (auto_augment, re_prob), "
+            f"found randaugment_magnitude={randaugment_magnitude}, random_erasing={random_erasing}"
+        )
+    arguments = dict(timm_train or {})
+    own = sorted(set(arguments) & set(TIMM_OWN_ARGS))
+    if own:
+        raise ValueError(
+            f"timm_train must not set {own}: recipe 'timm' takes them from image_size, mean, std, "
+            "interpolation and hflip"
+        )
+    return create_transform(
+        input_size=image_size,
+        is_training=True,
+        mean=tuple(mean),
+        std=tuple(std),
+        interpolation=interpolation,
+        hflip=0.5 if hflip else 0.0,
+        **arguments,
     )

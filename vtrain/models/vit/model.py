@@ -15,6 +15,9 @@ from torch import nn
 
 from vtrain.layers import Attention, DropPath, Mlp, resample_abs_pos_embed
 
+# VisionTransformer(weight_init=...): the official JAX code's initialisation or DeiT's (timm 0.3.2's)
+WEIGHT_INITS = ("jax", "deit")
+
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
@@ -121,6 +124,8 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: dropout on the attention probabilities.
         drop_path_rate: stochastic depth of the last block; rates rise linearly from 0 at the first block.
         global_pool: ``'token'`` classifies the class token, ``'avg'`` the mean of the patch tokens.
+        weight_init: ``'jax'``, the official JAX code's initialisation (the ViT experiments), or
+            ``'deit'``, DeiT's (timm 0.3.2's VisionTransformer, which DeiT trains): see ``init_weights``.
     """
 
     def __init__(
@@ -139,10 +144,15 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "token",
+        weight_init: str = "jax",
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"VisionTransformer: global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(
+                f"VisionTransformer: weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}"
+            )
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
@@ -169,7 +179,7 @@ class VisionTransformer(nn.Module):
                 OrderedDict(fc=nn.Linear(embed_dim, representation_size), act=nn.Tanh())
             )
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+        self.init_weights(weight_init)
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -177,8 +187,16 @@ class VisionTransformer(nn.Module):
         return self.patch_embed.img_size
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """Initialise as the official JAX implementation (google-research/vision_transformer)."""
+    def init_weights(self, mode: str = "jax") -> None:
+        """Initialise as the official JAX implementation (google-research/vision_transformer), or with
+        ``mode='deit'`` as DeiT (facebookresearch/deit models.py builds timm 0.3.2's VisionTransformer,
+        timm/models/vision_transformer.py:241-252 at 6504a42): position embedding, class token and every
+        Linear weight (head included) from a normal of std 0.02 cut at +-2 (absolute, so effectively
+        untruncated), Linear biases zero, LayerNorms weight 1 and bias 0, and the patch projection left at
+        PyTorch's default Conv2d init, which timm does not touch."""
+        if mode == "deit":
+            self._init_deit()
+            return
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.zeros_(self.cls_token)
         _lecun_normal_(self.patch_embed.proj.weight)
@@ -200,6 +218,19 @@ class VisionTransformer(nn.Module):
         if isinstance(self.head, nn.Linear):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    def _init_deit(self) -> None:
+        self.patch_embed.proj.reset_parameters()
+        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-2.0, b=2.0)
+        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-2.0, b=2.0)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     @torch.no_grad()
     def set_img_size(self, img_size: int | tuple[int, int]) -> None:
