@@ -135,7 +135,7 @@ def test_validation_runs_every_n_epochs_counted_after_the_warm_up(make_cfg):
     trainer.fit(task, datamodule=datamodule)
     assert validated == [2, 4]  # 0-based: after the 2nd and 4th epochs that follow the warm-up epoch
     with pytest.raises(ValueError, match="set trainer.check_val_every_n_epoch=1 \\(found 10\\)"):
-        L.Trainer(check_val_every_n_epoch=10, logger=False, enable_progress_bar=False).fit(
+        L.Trainer(max_epochs=1, check_val_every_n_epoch=10, logger=False, enable_progress_bar=False).fit(
             instantiate(cfg.task, model=model), datamodule=datamodule
         )
 
