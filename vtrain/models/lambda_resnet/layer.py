@@ -16,9 +16,10 @@ fixed feature-map size) or from a *lambda convolution*: a 3-D convolution of the
 ``r x r x 1`` kernel (``|u|`` in, ``|k|`` out channels), i.e. a local context of ``r x r`` pixels that
 works at any feature-map size. A stride of 2 is a 3 x 3 average pooling with stride 2 of the output: "We
 apply 3x3 average-pooling with stride 2 after the lambda layers to downsample in place of the strided
-convolution" (the paper's architectural details, quoted in lucidrains/lambda-networks issue 11). Padding
-1 puts the pooling windows where torchvision's strided 3x3 convolution puts its kernels, so the block's
-output matches its strided shortcut at odd sizes too; padded positions are not counted in the averages.
+convolution" (the paper's architectural details, quoted verbatim from the ICLR submission in
+lucidrains/lambda-networks issue 11). Padding 1 puts the pooling windows where torchvision's strided 3x3
+convolution puts its kernels, so the block's output matches its strided shortcut at odd sizes too; padded
+positions are not counted in the averages.
 
 Differences from the two independent PyTorch implementations (the interop tests map weights across):
 
