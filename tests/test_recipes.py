@@ -69,10 +69,7 @@ PENDING = {
     "igpt_cifar10_probe",
     "igpt_cifar10_finetune",
     #
-    "lambda_resnet50_imagenet",
     #
-    "ttsr_cufed",
-    "ttsr_rec_cufed",
     #
     "fpt_maskrcnn_coco",
     "maskrcnn_coco",

@@ -42,6 +42,11 @@ def _randomise_batchnorm(*modules: nn.Module) -> None:
                 tensor.data.copy_(value)
 
 
+def paper_pool() -> nn.Module:
+    """The paper's downsampling after a strided lambda layer: 3x3 average pooling, stride 2."""
+    return nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+
 def _layer(**kwargs) -> LambdaLayer:
     torch.manual_seed(0)
     return LambdaLayer(**kwargs)
@@ -52,9 +57,10 @@ def test_matches_timm_lambda_layer(r, stride):
     timm_lambda = pytest.importorskip("timm.layers.lambda_layer")
     dim, k, heads, size = 32, 16, 4, (6, 5)
     torch.manual_seed(0)
-    theirs = timm_lambda.LambdaLayer(
-        dim, dim, feat_size=size, stride=stride, num_heads=heads, dim_head=k, r=r
-    ).eval()
+    # timm downsamples with a 2x2 average pooling; compare with its stride-1 output pooled as the paper does
+    theirs = timm_lambda.LambdaLayer(dim, dim, feat_size=size, stride=1, num_heads=heads, dim_head=k, r=r)
+    theirs.pool = paper_pool() if stride == 2 else nn.Identity()
+    theirs.eval()
     ours = _layer(dim=dim, dim_k=k, heads=heads, dim_u=1, r=r, feat_size=size, stride=stride).eval()
     q, kk, v = theirs.qkv.weight.split([heads * k, k, dim // heads])
     mapped = {"to_q.weight": q, "to_k.weight": kk, "to_v.weight": v}
@@ -197,6 +203,25 @@ def test_spaced_blocks_end_with_the_last_block():
     assert spaced_blocks(6, 1) == (5,)
     assert spaced_blocks(23, 3) == (7, 15, 22)
     assert len(set(spaced_blocks(87, 8))) == 8
+
+
+def test_stride_two_is_the_papers_3x3_average_pooling_after_the_layer():
+    strided = _layer(dim=16, dim_out=32, dim_k=8, heads=4, r=5, stride=2).eval()
+    plain = _layer(dim=16, dim_out=32, dim_k=8, heads=4, r=5, stride=1).eval()
+    x = torch.randn(2, 16, 9, 8)
+    out = strided(x)
+    assert out.shape == (2, 32, 5, 4)  # ceil(H / 2), like the strided 3x3 convolution it replaces
+    expected = nn.functional.avg_pool2d(plain(x), 3, stride=2, padding=1, count_include_pad=False)
+    torch.testing.assert_close(out, expected)
+    # a 3x3 window, not 2x2: an output pixel depends on its centre's neighbours on both sides
+    interior = plain(x)[:, :, 1:4, 1:4].mean(dim=(-2, -1))
+    torch.testing.assert_close(out[:, :, 1, 1], interior)
+
+
+def test_strided_lambda_block_matches_its_shortcut_at_odd_sizes():
+    model = lambda_tiny(num_classes=3, img_size=40).eval()  # 20 -> 10 -> 5 -> 3 pixels
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 40, 40)).shape[-2:] == (3, 3)
 
 
 def test_stride_two_pools_after_the_layer_and_relative_size_is_checked():

@@ -100,6 +100,61 @@ def test_full_losses_step_with_critic_updates_after_the_warm_up(make_cfg):
     assert all(torch.isfinite(trainer.callback_metrics[k]) for k in seen[1])
 
 
+def test_validation_runs_every_n_epochs_counted_after_the_warm_up(make_cfg):
+    cfg = make_cfg(
+        [
+            *TINY,
+            "task.warmup_epochs=1",
+            "task.val_every_epochs=2",
+            "trainer.check_val_every_n_epoch=1",
+            "trainer.max_epochs=5",
+            "trainer.limit_train_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "task.num_pictures=0",
+            "logger=none",
+        ]
+    )
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    task = instantiate(cfg.task, model=model)
+    validated: list[int] = []
+
+    class Record(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            validated.append(trainer.current_epoch)
+
+    trainer = L.Trainer(
+        max_epochs=5,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Record()],
+    )
+    trainer.fit(task, datamodule=datamodule)
+    assert validated == [2, 4]  # 0-based: after the 2nd and 4th epochs that follow the warm-up epoch
+    with pytest.raises(ValueError, match="set trainer.check_val_every_n_epoch=1 \\(found 10\\)"):
+        L.Trainer(max_epochs=1, check_val_every_n_epoch=10, logger=False, enable_progress_bar=False).fit(
+            instantiate(cfg.task, model=model), datamodule=datamodule
+        )
+
+
+def test_cufed_experiments_validate_at_the_official_epochs(make_cfg):
+    # researchmm/TTSR main.py:42-47: evaluate after main epochs 10, 20, ... that follow num_init_epochs
+    for name, expected in (
+        ("ttsr_cufed", [12, 22, 32, 42, 52]),
+        ("ttsr_rec_cufed", list(range(10, 201, 10))),
+    ):
+        cfg = make_cfg([f"experiment={name}"])
+        task = instantiate(
+            cfg.task, model=torch.nn.Module(), discriminator=None, adv_weight=0.0, per_weight=0.0
+        )
+        epochs = [e + 1 for e in range(cfg.trainer.max_epochs) if task.validates_after(e)]
+        assert epochs == expected, name
+        assert cfg.trainer.check_val_every_n_epoch == 1 and cfg.test_ckpt == "last"
+
+
 @pytest.mark.slow
 def test_ttsr_rec_beats_bicubic_on_held_out_tiny_images(make_cfg, tmp_path):
     out = tmp_path / "run"

@@ -1,6 +1,7 @@
 """Reference-based super-resolution (TTSR): reconstruction, perceptual, transferal perceptual and WGAN-GP
 losses with Lightning's manual optimisation (the critic steps ``gan_k`` times per generator step), a
-warm-up of reconstruction-only epochs, PSNR / SSIM per reference level and side-by-side pictures."""
+warm-up of reconstruction-only epochs, validation on the official schedule (every N epochs counted after
+the warm-up), PSNR / SSIM per reference level and side-by-side pictures."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ class SuperResolutionTask(L.LightningModule):
             ``per_weight > 0`` (``"scratch"``: a random VGG19), not for evaluation.
         lr_decay_epochs, lr_decay_gamma: multiply both learning rates of the generator by ``gamma`` every
             ``lr_decay_epochs`` epochs after the warm-up (official: no decay, None).
+        val_every_epochs: validate after every ``val_every_epochs``-th epoch counted after the warm-up, as
+            the official ``main.py`` does (``val_every`` 10 after 2 warm-up epochs: epochs 12, 22, ... 52);
+            needs ``trainer.check_val_every_n_epoch=1``, which it then overrides epoch by epoch. None: the
+            trainer's ``check_val_every_n_epoch`` decides.
         y_border, rgb_border: pixels cropped on each side for the Y and RGB metrics (paper: Y, 0).
         num_pictures: validation images saved side by side (bicubic, output, ground truth, reference)
             each validation, under ``<run dir>/pictures/`` and in the logger (0: none).
@@ -75,6 +80,7 @@ class SuperResolutionTask(L.LightningModule):
         vgg_weights: str | None = None,
         lr_decay_epochs: int | None = None,
         lr_decay_gamma: float = 0.5,
+        val_every_epochs: int | None = None,
         y_border: int = 0,
         rgb_border: int = 4,
         num_pictures: int = 4,
@@ -103,6 +109,11 @@ class SuperResolutionTask(L.LightningModule):
         self.vgg_weights = vgg_weights
         self.perceptual = PerceptualLoss(optional_weights(vgg_weights)) if per_weight > 0 else None
         self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
+        if val_every_epochs is not None and val_every_epochs < 1:
+            raise ValueError(
+                f"SuperResolutionTask: val_every_epochs must be >= 1 or None, got {val_every_epochs}"
+            )
+        self.val_every_epochs = val_every_epochs
         self.y_border, self.rgb_border = y_border, rgb_border
         self.num_pictures = num_pictures
         # running means of the evaluation metrics, keyed by logged name (created as levels appear)
@@ -111,6 +122,27 @@ class SuperResolutionTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.perceptual is not None:
             require_weights(self.vgg_weights, "task.vgg_weights", f"{VGG19_EXPECTED} for the perceptual loss")
+        attached = self._trainer is not None and self.val_every_epochs is not None
+        every = self.trainer.check_val_every_n_epoch if attached else 1
+        if stage == "fit" and every != 1:
+            raise ValueError(
+                f"task.val_every_epochs={self.val_every_epochs} chooses the validation epochs: set "
+                f"trainer.check_val_every_n_epoch=1 (found {every})"
+            )
+
+    def validates_after(self, epoch: int) -> bool:
+        """Whether validation runs after (0-based) training epoch ``epoch`` under ``val_every_epochs``: the
+        official trainer counts its ``val_every`` epochs after the warm-up (researchmm/TTSR main.py:42-47)."""
+        after_warmup = epoch + 1 - self.warmup_epochs
+        return after_warmup > 0 and after_warmup % self.val_every_epochs == 0
+
+    def on_train_epoch_start(self) -> None:
+        if self.val_every_epochs is None:
+            return
+        # Lightning validates after epoch e when (e + 1) % check_val_every_n_epoch == 0: 1 validates this
+        # epoch, e + 2 skips it
+        epoch = self.current_epoch
+        self.trainer.check_val_every_n_epoch = 1 if self.validates_after(epoch) else epoch + 2
 
     def forward(self, batch: Batch) -> Any:
         """The model's output (``TTSROutput``) for a batch of ``lr``, ``lr_up``, ``ref``, ``ref_down_up``."""

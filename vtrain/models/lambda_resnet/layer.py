@@ -14,7 +14,12 @@ the context positions, and there is no output projection. The position embedding
 learned relative position embeddings over a global context (``(2H - 1) x (2W - 1)`` relative positions,
 fixed feature-map size) or from a *lambda convolution*: a 3-D convolution of the values with a
 ``r x r x 1`` kernel (``|u|`` in, ``|k|`` out channels), i.e. a local context of ``r x r`` pixels that
-works at any feature-map size. A stride of 2 is an average pooling of the output.
+works at any feature-map size. A stride of 2 is a 3 x 3 average pooling with stride 2 of the output: "We
+apply 3x3 average-pooling with stride 2 after the lambda layers to downsample in place of the strided
+convolution" (the paper's architectural details, quoted verbatim from the ICLR submission in
+lucidrains/lambda-networks issue 11). Padding 1 puts the pooling windows where torchvision's strided 3x3
+convolution puts its kernels, so the block's output matches its strided shortcut at odd sizes too; padded
+positions are not counted in the averages.
 
 Differences from the two independent PyTorch implementations (the interop tests map weights across):
 
@@ -22,7 +27,8 @@ Differences from the two independent PyTorch implementations (the interop tests 
   here, the same channel order), ``|u|`` fixed at 1, a Conv3d lambda convolution ``[k, 1, r, r, 1]`` (ours the
   2-D ``[k, u, r, r]``) with a bias (the paper's position
   lambdas have none; outputs agree once that bias is zero), the relative-position variant indexes the
-  embeddings the same way (``E[m - n]``); its output reshape assumes ``d_out == d_in``.
+  embeddings the same way (``E[m - n]``); its output reshape assumes ``d_out == d_in``; stride 2 is a
+  2 x 2 average pooling there (the paper's is 3 x 3).
 - lucidrains ``lambda-networks`` (0.4.0): separate projections with the same layouts (``(h k)``, ``(u k)``,
   ``(u v)``), a ``[k, u, 1, r, r]`` lambda-convolution kernel (ours is the 2-D ``[k, u, r, r]``, the same
   numbers), again with a bias; relative
@@ -64,7 +70,8 @@ class LambdaLayer(nn.Module):
         r: receptive field of the lambda convolution (odd) for local position lambdas; ``None`` selects
             global relative position embeddings, which need ``feat_size``.
         feat_size: (H, W) of the input for relative position embeddings (ignored with ``r``).
-        stride: 1, or 2 to average-pool the output by 2.
+        stride: 1, or 2 to average-pool the output with a 3 x 3 window and stride 2 (the paper's
+            downsampling in place of a strided convolution).
     """
 
     def __init__(
@@ -107,7 +114,10 @@ class LambdaLayer(nn.Module):
             self.feat_size = (height, width)
             self.rel_pos_emb = nn.Parameter(torch.empty(2 * height - 1, 2 * width - 1, dim_k, dim_u))
             self.register_buffer("rel_pos_index", relative_position_index(height, width), persistent=False)
-        self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
+        # the paper's 3x3 average pooling with stride 2; padding 1 aligns it with a strided 3x3 convolution
+        self.pool = (
+            nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False) if stride == 2 else nn.Identity()
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -131,7 +141,7 @@ class LambdaLayer(nn.Module):
                 masked positions are still computed (their outputs are meaningless).
 
         Returns:
-            [B, dim_out, H, W], or [B, dim_out, H / 2, W / 2] with stride 2.
+            [B, dim_out, H, W], or [B, dim_out, ceil(H / 2), ceil(W / 2)] with stride 2.
         """
         B, _, H, W = x.shape
         n, k, u, v, h = H * W, self.dim_k, self.dim_u, self.dim_v, self.heads

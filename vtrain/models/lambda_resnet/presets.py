@@ -12,8 +12,12 @@ Two families, as in the paper:
   (152/200/270/350) or 8 (420) blocks of the third stage (c4), convolutions elsewhere. The paper does not
   say which c4 blocks; we space them evenly, ending with c4's last block. ``img_size`` is the resolution
   we record for each depth (the paper trains each depth at one or more of 128-320 px; see docs/lambda.md).
-  Depths beyond 152 use ResNet-RS block counts. Not reproduced: the ResNet-RS/ResNet-D stem,
-  squeeze-excitation and the training recipe of that study.
+  Depths beyond 152 use ResNet-RS block counts. **Architecture only**: the paper's hybrids sit on
+  ResNet-RS (ResNet-D stem, squeeze-excitation) and are trained with the speed-accuracy study's own
+  recipe (350 epochs, RandAugment, dropout, stochastic depth, a smaller weight decay); vtrain reproduces
+  neither, and no experiment trains them. ``lambda_resnet50_imagenet`` is the 90-epoch recipe of the
+  controlled comparison (Table 3): a hybrid trained with it is not the paper's hybrid, and its accuracy is
+  not comparable to the paper's speed-accuracy tables.
 - ``lambda_tiny``: a CPU-sized LambdaResNet (one block per stage, widths 16-128, stride-2 3x3 stem), not
   from the paper.
 """
@@ -64,36 +68,45 @@ HYBRIDS = {
 
 
 def _hybrid(depth: int, overrides: dict) -> LambdaResNet:
+    """The hybrid LambdaResNet of ``depth`` on a plain ResNet v1.5 (architecture only: not the paper's
+    ResNet-RS base nor its training recipe, see the module docstring)."""
     layers, in_c4, img_size = HYBRIDS[depth]
     lambda_blocks = (CONV, CONV, spaced_blocks(layers[2], in_c4), ALL)
     return _build(overrides, layers=layers, lambda_blocks=lambda_blocks, img_size=img_size)
 
 
 def lambda_resnet50_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-50, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(50, overrides)
 
 
 def lambda_resnet101_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-101, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(101, overrides)
 
 
 def lambda_resnet152_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-152, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(152, overrides)
 
 
 def lambda_resnet200_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-200, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(200, overrides)
 
 
 def lambda_resnet270_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-270, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(270, overrides)
 
 
 def lambda_resnet350_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-350, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(350, overrides)
 
 
 def lambda_resnet420_hybrid(**overrides) -> LambdaResNet:
+    """Hybrid LambdaResNet-420, architecture only (no ResNet-RS stem / SE, not the paper's recipe)."""
     return _hybrid(420, overrides)
 
 

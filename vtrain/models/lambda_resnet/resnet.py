@@ -2,9 +2,9 @@
 
 The blocks are torchvision's ``Bottleneck`` (ResNet v1.5: the stride sits on the 3x3 convolution), with
 ``conv2`` swapped for a :class:`~vtrain.models.lambda_resnet.layer.LambdaLayer` where the architecture asks
-for one (stride 2 then becomes an average pooling after the lambda layer). The module names are
-torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``fc``), so the convolutional parts of a
-torchvision ResNet state dict have the same keys.
+for one (stride 2 then becomes the paper's 3 x 3 average pooling with stride 2 after the lambda layer). The
+module names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``, ``fc``), so the
+convolutional parts of a torchvision ResNet state dict have the same keys.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class LambdaResNet(nn.Module):
                     in_channels, width, stride, index in chosen, size, lambda_args
                 )
                 blocks.append(block)
-                size //= stride
+                size = -(-size // stride)  # strided 3x3 convolution or pooling with padding 1: ceil
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
         self.num_stages = len(layers)
         self.num_features = in_channels
