@@ -79,10 +79,6 @@ PENDING = {
     "ttsr_cufed",
     "ttsr_rec_cufed",
     #
-    "fpt_maskrcnn_coco",
-    "maskrcnn_coco",
-    "fpt_cityscapes",
-    "fpn_cityscapes",
 }
 
 ASSERTION = re.compile(r"`([^`]+)`")

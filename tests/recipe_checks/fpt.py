@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from tests.recipe_checks import recipe_check
 from vtrain.models.fpt import FeaturePyramidTransformer
@@ -114,3 +115,54 @@ def no_weight_decay_on_biases_and_norms(cfg: DictConfig) -> None:
 def no_ema(cfg: DictConfig) -> None:
     """No moving average of the weights (the released trainer, tools/train_net_step.py, keeps none)."""
     assert "ema" not in (cfg.get("callbacks") or {}), "callbacks.ema is set"
+
+
+@recipe_check("frozen_bn_conv1_layer1_frozen")
+def frozen_bn_conv1_layer1_frozen(cfg: DictConfig) -> None:
+    """The ResNet's BatchNorm is frozen (Detectron's AffineChannel) and conv1 + layer1 do not train
+    (RESNETS.FREEZE_AT 2, released lib/core/config.py:897); layer2..layer4 train."""
+    body = model(cfg).backbone.body
+    norms = [m for m in body.modules() if "BatchNorm" in type(m).__name__]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    trains = {name.split(".")[0]: p.requires_grad for name, p in body.named_parameters()}
+    assert trains == {"conv1": False, "layer1": False, "layer2": True, "layer3": True, "layer4": True}, trains
+
+
+@recipe_check("detectron_rpn_and_roi_settings")
+def detectron_rpn_and_roi_settings(cfg: DictConfig) -> None:
+    """The released config's RPN and RoI settings, which torchvision's defaults already are: 2000 proposals
+    per level before NMS and 2000 kept in training (mask.yaml:40, config.py:141), 1000 / 1000 at test
+    (mask.yaml:45-46), 512 sampled RoIs per image (mask.yaml:39) with 25% foreground (config.py:61), NMS 0.5
+    (mask.yaml:44), 100 detections per image scored >= 0.05 (config.py:222, :227), RoIAlign 7 x 7 boxes and
+    14 x 14 masks with sampling ratio 2 (mask.yaml:25-27, :31-33)."""
+    network = model(cfg)
+    rpn, roi = network.rpn, network.roi_heads
+    assert (rpn._pre_nms_top_n, rpn._post_nms_top_n) == (
+        {"training": 2000, "testing": 1000},
+        {"training": 2000, "testing": 1000},
+    )
+    assert roi.fg_bg_sampler.batch_size_per_image == 512 and roi.fg_bg_sampler.positive_fraction == 0.25
+    assert (roi.nms_thresh, roi.detections_per_img, roi.score_thresh) == (0.5, 100, 0.05)
+    assert roi.box_roi_pool.output_size == (7, 7) and roi.mask_roi_pool.output_size == (14, 14)
+    assert roi.box_roi_pool.sampling_ratio == roi.mask_roi_pool.sampling_ratio == 2
+
+
+@recipe_check("no_dropout")
+def no_dropout(cfg: DictConfig) -> None:
+    """No dropout anywhere (the released FPT_a.py builds a DropBlock but leaves it commented out, lines
+    50 and 99-104)."""
+    dropouts = [m for m in model(cfg).modules() if "Drop" in type(m).__name__]
+    assert not dropouts, dropouts
+
+
+@recipe_check("head_dropout_0_1")
+def head_dropout_0_1(cfg: DictConfig) -> None:
+    """vtrain's semantic-FPN head: channel dropout 0.1 before the classifier, no other dropout."""
+    dropouts = [m for m in model(cfg).modules() if "Drop" in type(m).__name__]
+    assert len(dropouts) == 1 and isinstance(dropouts[0], nn.Dropout2d) and dropouts[0].p == 0.1, dropouts
+
+
+@recipe_check("global_gt")
+def global_gt(cfg: DictConfig) -> None:
+    """Every GT attends to the whole coarser level (no locality window: the LGT is the segmentation one)."""
+    assert {gt.window for gt in _neck(cfg).fpt.grounding.values()} == {None}
