@@ -78,7 +78,7 @@ def build_rcnn(
             False: torchvision's heads (2 fc box head, 4 convolutions without normalisation).
         frozen_bn, trainable_layers: see ``BackboneWithFPT`` (torchvision's defaults: frozen, 3).
         min_size, max_size: the detector's resize of the short / long side; a sequence of short sides is
-            multi-scale training (one drawn per image batch).
+            multi-scale training (one drawn per image).
         test_min_size: the short side at evaluation; None: torchvision's (the last of ``min_size``).
         **detector_kwargs: any other ``MaskRCNN`` / ``FasterRCNN`` argument (``box_detections_per_img``...).
     """
