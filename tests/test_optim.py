@@ -44,3 +44,10 @@ def test_step_decay_at_epoch_milestones():
     assert lrs[11] == pytest.approx(1.0)
     assert lrs[12] == pytest.approx(0.1) and lrs[23] == pytest.approx(0.1)
     assert lrs[24] == pytest.approx(0.01)
+
+
+def test_step_decay_at_step_milestones():
+    # Detectron's iteration schedules (FPT's COCO config: x0.1 at 120k and 160k of 180k), here / 1000
+    lrs = _lrs(total_steps=180, warmup_steps=5, decay="step", milestone_steps=[120, 160], gamma=0.1)
+    assert lrs[119] == pytest.approx(1.0) and lrs[120] == pytest.approx(0.1)
+    assert lrs[159] == pytest.approx(0.1) and lrs[160] == pytest.approx(0.01)

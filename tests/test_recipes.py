@@ -71,10 +71,6 @@ PENDING = {
     #
     #
     #
-    "fpt_maskrcnn_coco",
-    "maskrcnn_coco",
-    "fpt_cityscapes",
-    "fpn_cityscapes",
 }
 
 ASSERTION = re.compile(r"`([^`]+)`")

@@ -21,17 +21,21 @@ def warmup_schedule(
     min_lr_ratio: float = 0.0,
     milestones: Sequence[float] = (),
     gamma: float = 0.1,
+    milestone_steps: Sequence[int] = (),
 ) -> LambdaLR:
     """Linear warm-up from 0 to the base LR, then `decay` down to `min_lr_ratio * base LR` at
     `total_steps`: "cosine", "linear", "constant", or "step" (multiply by `gamma` at each epoch of
-    `milestones`, e.g. DETR's x0.1 at epoch 200 of 300). The schedule is stepped once per optimizer step.
+    `milestones`, e.g. DETR's x0.1 at epoch 200 of 300, and at each step of `milestone_steps`, e.g.
+    Detectron's iteration schedules). The schedule is stepped once per optimizer step.
 
     Warm-up is given either in steps (ViT fine-tuning: 500 steps) or in epochs (DeiT: 5 epochs), in which
     case `steps_per_epoch` converts it.
     """
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
-    milestone_steps = sorted(int(round(m * steps_per_epoch)) for m in milestones)
+    milestone_steps = sorted(
+        [int(round(m * steps_per_epoch)) for m in milestones] + [int(m) for m in milestone_steps]
+    )
     warmup = max(int(warmup_steps), int(round(warmup_epochs * steps_per_epoch)))
     total_steps = max(int(total_steps), warmup + 1)
 

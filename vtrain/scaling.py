@@ -5,8 +5,9 @@ experiment states, under ``global_batch`` in its config, the paper's global batc
 rates follow the global batch (``lr_rule``): ``linear`` (lr x B / lr_reference, Goyal et al. 2017; DeiT's
 5e-4 x B / 512), ``sqrt`` (lr x sqrt(B / lr_reference)) or ``none`` (the configured LR whatever the batch,
 as DETR's and ViT's official code do). The configured learning rates are the ones at ``lr_reference``.
-Schedule lengths counted in optimizer steps (``trainer.max_steps``, ``task.scheduler.warmup_steps``) are
-written at the paper's global batch and rescaled so that they cover the same number of samples.
+Schedule lengths counted in optimizer steps (``trainer.max_steps``, ``task.scheduler.warmup_steps`` and
+``milestone_steps``) are written at the paper's global batch and rescaled so that they cover the same
+number of samples.
 """
 
 from __future__ import annotations
@@ -154,3 +155,5 @@ def _scale_steps(cfg: DictConfig, factor: float) -> None:
     scheduler: Any = cfg.task.get("scheduler")
     if scheduler and scheduler.get("warmup_steps"):
         scheduler.warmup_steps = max(1, round(scheduler.warmup_steps * factor))
+    if scheduler and scheduler.get("milestone_steps"):
+        scheduler.milestone_steps = [max(1, round(step * factor)) for step in scheduler.milestone_steps]

@@ -1,6 +1,8 @@
 """FPT: the mixture of softmaxes and the locality-constrained GT against brute-force references, the neck's
-shapes on 3-5 levels, gradients reaching every parameter, parameter counts, and the detectors and the
-segmentation model built on it (torchvision key names, checkpoint round trips)."""
+shapes on 3-5 levels, gradients reaching every parameter, parameter counts, the two placements (the
+paper's on the backbone, the option after an FPN) with the pyramid each feeds the FPT, GroupNorm as the
+released COCO config has it, and the detectors and the segmentation model built on it (torchvision key
+names, checkpoint round trips, the multi-scale resize)."""
 
 from __future__ import annotations
 
@@ -139,19 +141,104 @@ def test_parameter_counts():
         assert _count(FeaturePyramidTransformer(c, levels)) == expected
 
 
-def test_maskrcnn_r50_is_torchvisions_and_fpt_adds_the_neck():
+def test_fpt_with_group_norm_has_normalised_bias_free_fusions():
+    c = 256
+    fpt = FeaturePyramidTransformer(c, 4, norm_layer=lambda channels: torch.nn.GroupNorm(32, channels))
+    assert fpt.fuse[0][0].bias is None and isinstance(fpt.fuse[0][1], torch.nn.GroupNorm)
+    # each of the 4 fusions loses its bias (C) and gains GroupNorm's weight and bias (2 C)
+    assert _count(fpt) == 24_400_896 + 4 * c == 24_401_920
+
+
+# ResNet-50 C2..C5 widths, and the necks' parameter counts at C = 256 (biases included)
+_WIDTHS = (256, 512, 1024, 2048)
+_LATERALS = sum(_WIDTHS) * 256 + 4 * 256  # 1 x 1 convs: 984,064
+_FPN = _LATERALS + 4 * (9 * 256 * 256 + 256)  # + torchvision FPN's 3 x 3 output convs: 3,344,384
+
+
+def test_maskrcnn_r50_is_torchvisions_and_each_placement_has_its_neck():
     # without ImageNet weights torchvision trains BatchNorm: compare with frozen_bn=False
     reference = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     ours = vtrain.create_model("maskrcnn_r50", backbone_weights="scratch", frozen_bn=False)
     assert ours.state_dict().keys() == reference.state_dict().keys()
     assert _count(ours) == _count(reference) == 44_454_513
     # the recipe's frozen BatchNorm keeps its affine terms as buffers: torchvision's documented 44,401,393
-    assert _count(vtrain.create_model("maskrcnn_r50", backbone_weights="scratch")) == 44_401_393
-    with_fpt = vtrain.create_model("fpt_maskrcnn_r50", backbone_weights="scratch")
-    assert _count(with_fpt) == 44_401_393 + 24_400_896
-    assert {k for k in with_fpt.state_dict() if k not in reference.state_dict()} == {
-        f"backbone.fpt.{k}" for k in FeaturePyramidTransformer(256, 4).state_dict()
-    }
+    plain = vtrain.create_model("maskrcnn_r50", backbone_weights="scratch")
+    assert _count(plain) == 44_401_393
+    assert _count(plain.backbone.fpn) == _FPN == 3_344_384
+    fpt_keys = {f"backbone.fpt.{k}" for k in FeaturePyramidTransformer(256, 4).state_dict()}
+
+    # the paper's placement (default): C2..C5 -> 1 x 1 laterals -> FPT, no FPN
+    paper = vtrain.create_model("fpt_maskrcnn_r50", backbone_weights="scratch")
+    assert paper.backbone.fpn is None and _count(paper.backbone.lateral) == _LATERALS == 984_064
+    assert _count(paper) == 44_401_393 - _FPN + _LATERALS + 24_400_896 == 66_441_969
+    added = {k for k in paper.state_dict() if k not in reference.state_dict()}
+    assert added == fpt_keys | {f"backbone.lateral.{i}.0.{p}" for i in range(4) for p in ("weight", "bias")}
+
+    # the option: FPN -> FPT
+    after_fpn = vtrain.create_model("fpt_maskrcnn_r50", backbone_weights="scratch", fpt_placement="fpn")
+    assert after_fpn.backbone.lateral is None
+    assert _count(after_fpn) == 44_401_393 + 24_400_896 == 68_802_289
+    assert {k for k in after_fpn.state_dict() if k not in reference.state_dict()} == fpt_keys
+
+
+def test_group_norm_in_the_neck_and_heads_as_the_released_coco_config():
+    gn = 2 * 256  # GroupNorm's weight and bias per 256-channel conv, which loses its bias (256)
+    plain = vtrain.create_model("maskrcnn_r50", backbone_weights="scratch", group_norm=True)
+    assert _count(plain.backbone.fpn) == _FPN + 8 * (gn - 256)
+    box_head = plain.roi_heads.box_head  # 4conv1fc: 4 x (conv3x3 256, GN, ReLU), fc 1024
+    assert _count(box_head) == 4 * (9 * 256 * 256 + gn) + 256 * 7 * 7 * 1024 + 1024 == 15_207_424
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in plain.roi_heads.mask_head.modules()) == 4
+    assert _count(plain.roi_heads.mask_head) == 4 * (9 * 256 * 256 + gn)
+    paper = vtrain.create_model("fpt_maskrcnn_r50", backbone_weights="scratch", group_norm=True)
+    assert _count(paper.backbone) - _count(paper.backbone.body) == _LATERALS + 4 * (gn - 256) + 24_401_920
+
+
+class _Inputs:
+    """Records the pyramid a module is called with."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.seen = None
+        module.register_forward_pre_hook(lambda _, args: setattr(self, "seen", args[0]))
+
+
+@pytest.mark.parametrize("placement", ["backbone", "fpn"])
+def test_each_placement_feeds_the_fpt_the_pyramid_it_names(placement):
+    torch.manual_seed(0)
+    model = vtrain.create_model(
+        "fpt_semseg_tiny", backbone_weights="scratch", num_classes=3, fpt_placement=placement
+    ).eval()
+    neck = model.backbone
+    inputs = _Inputs(neck.fpt)
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = neck(images)
+        stages = neck.body(images)
+        if placement == "backbone":  # the laterals of C2..C5: no top-down path
+            expected = [conv(x) for conv, x in zip(neck.lateral, stages.values(), strict=True)]
+        else:
+            expected = list(neck.fpn(stages).values())
+    assert len(inputs.seen) == 4
+    for seen, want in zip(inputs.seen, expected, strict=True):
+        torch.testing.assert_close(seen, want)
+    assert [tuple(x.shape[-2:]) for x in out.values()] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+def test_an_unknown_placement_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"model\.fpt_placement must be one of backbone, fpn, found 'neck'"):
+        vtrain.create_model("fpt_maskrcnn_tiny", backbone_weights="scratch", fpt_placement="neck")
+
+
+def test_multi_scale_training_and_its_own_test_scale():
+    model = vtrain.create_model(
+        "maskrcnn_tiny", backbone_weights="scratch", min_size=[160, 96], max_size=400, test_min_size=128
+    )
+    image = torch.rand(3, 100, 200)
+    model.eval()
+    assert model.transform([image])[0].image_sizes == [(128, 256)]
+    model.train()
+    torch.manual_seed(0)
+    drawn = {model.transform([image])[0].image_sizes[0] for _ in range(20)}
+    assert drawn == {(160, 320), (96, 192)}
 
 
 def test_a_tiny_fpt_maskrcnn_trains_and_predicts():
@@ -184,16 +271,25 @@ def test_a_tiny_fpt_maskrcnn_trains_and_predicts():
     assert out[1]["masks"].shape[-2:] == (128, 112)
 
 
-def test_checkpoint_round_trip_and_fpn_weights_into_fpt(tmp_path):
+def test_checkpoint_round_trip_and_fpn_weights_into_fpt(tmp_path, caplog):
     torch.manual_seed(0)
     fpn = vtrain.create_model("maskrcnn_tiny", backbone_weights="scratch", num_classes=5)
     path = tmp_path / "fpn.pt"
     torch.save(fpn.state_dict(), path)
-    fpt = vtrain.create_model("fpt_maskrcnn_tiny", num_classes=5, pretrained=path)
+    fpt = vtrain.create_model("fpt_maskrcnn_tiny", num_classes=5, pretrained=path, fpt_placement="fpn")
     for key, value in fpn.state_dict().items():
         torch.testing.assert_close(fpt.state_dict()[key], value)
+    # the paper's placement has no FPN: everything else loads, the FPN is left out with a warning
+    with caplog.at_level("WARNING"):
+        paper = vtrain.create_model("fpt_maskrcnn_tiny", num_classes=5, pretrained=path)
+    assert "the model has no FPN" in caplog.text and "the FPT stays freshly initialised" in caplog.text
+    for key, value in fpn.state_dict().items():
+        if ".fpn." not in key:
+            torch.testing.assert_close(paper.state_dict()[key], value)
     # another number of classes: the class-dependent heads stay initialised, the rest loads
-    other = vtrain.create_model("fpt_maskrcnn_tiny", backbone_weights="scratch", num_classes=3)
+    other = vtrain.create_model(
+        "fpt_maskrcnn_tiny", backbone_weights="scratch", num_classes=3, fpt_placement="fpn"
+    )
     load_pretrained(other, path)
     torch.testing.assert_close(
         other.backbone.fpn.inner_blocks[0][0].weight, fpn.backbone.fpn.inner_blocks[0][0].weight

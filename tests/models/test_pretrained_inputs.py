@@ -353,24 +353,36 @@ def torchvision_maskrcnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 def test_torchvision_maskrcnn_loads_into_maskrcnn_coco(make_cfg, torchvision_maskrcnn):
     path, state_dict = torchvision_maskrcnn
-    model = build(make_cfg(["experiment=maskrcnn_coco", "mode=eval", f"model.pretrained={path}"]))
+    # torchvision's layout (no GroupNorm): every tensor has its place
+    torchvision_layout = ["model.group_norm=false", f"model.pretrained={path}"]
+    model = build(make_cfg(["experiment=maskrcnn_coco", "mode=eval", *torchvision_layout]))
     _files_in(
         model, state_dict, "backbone.body.layer1.0.conv1.weight", "backbone.fpn.layer_blocks.3.0.weight"
     )
     _files_in(
         model, state_dict, "rpn.head.conv.0.0.weight", "roi_heads.mask_predictor.mask_fcn_logits.weight"
     )
+    # the recipe's GroupNorm neck and heads: the ResNet and the RPN still load
+    model = build(make_cfg(["experiment=maskrcnn_coco", "mode=eval", f"model.pretrained={path}"]))
+    _files_in(model, state_dict, "backbone.body.layer1.0.conv1.weight", "rpn.head.conv.0.0.weight")
 
 
 def test_torchvision_maskrcnn_into_fpt_maskrcnn_coco_leaves_the_fpt_fresh(
     make_cfg, torchvision_maskrcnn, caplog
 ):
     path, state_dict = torchvision_maskrcnn
+    after_fpn = ["model.fpt_placement=fpn", "model.group_norm=false", f"model.pretrained={path}"]
     with caplog.at_level(logging.WARNING):
-        model = build(make_cfg(["experiment=fpt_maskrcnn_coco", "mode=eval", f"model.pretrained={path}"]))
+        model = build(make_cfg(["experiment=fpt_maskrcnn_coco", "mode=eval", *after_fpn]))
     assert "the FPT stays freshly initialised" in caplog.text
     _files_in(model, state_dict, "backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_head.fc6.weight")
     assert any(".fpt." in key for key in model.state_dict())
+    # the paper's placement has no FPN: the file's FPN is left out, the ResNet and the RPN load
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model = build(make_cfg(["experiment=fpt_maskrcnn_coco", "mode=eval", f"model.pretrained={path}"]))
+    assert "the model has no FPN" in caplog.text
+    _files_in(model, state_dict, "backbone.body.layer4.2.conv3.weight", "rpn.head.conv.0.0.weight")
 
 
 def test_a_file_with_no_fitting_key_is_refused_not_ignored(make_cfg, tmp_path):

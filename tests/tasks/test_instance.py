@@ -109,5 +109,6 @@ def test_fpt_maskrcnn_tiny_smoke_run_logs_box_and_mask_ap(make_cfg, tmp_path):
 )
 def test_coco_experiments_compose(make_cfg, experiment, model):
     cfg = make_cfg([f"experiment={experiment}"])
-    assert cfg.model.name == model and cfg.model.num_classes == 91 and cfg.model.min_size == 800
+    assert cfg.model.name == model and cfg.model.num_classes == 91 and cfg.model.test_min_size == 1000
+    assert list(cfg.model.min_size) == [1200, 1200, 1000, 800, 600, 400] and cfg.model.group_norm
     assert cfg.task._target_ == "vtrain.tasks.InstanceSegmentationTask" and cfg.monitor == "val/mask_AP"

@@ -1,6 +1,7 @@
 """Loading weights into the FPT models: a vtrain checkpoint of the same model, or a torchvision
 ``maskrcnn_resnet50_fpn`` / ``fasterrcnn_resnet50_fpn`` state dict (same key names: ``backbone.body.*``,
-``backbone.fpn.*``, ``rpn.*``, ``roi_heads.*``), whose missing FPT weights stay freshly initialised."""
+``backbone.fpn.*``, ``rpn.*``, ``roi_heads.*``), whose missing FPT weights (and the FPT's 1 x 1 laterals,
+with ``fpt_placement=backbone``) stay freshly initialised."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ log = logging.getLogger(__name__)
 def load_fpt_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = False) -> nn.Module:
     """Load ``path`` into ``model`` and return it.
 
-    The FPT (``backbone.fpt.*``) may be missing from the file (an FPN-only checkpoint: it stays freshly
-    initialised, with a warning); any other missing or unexpected key raises when ``strict``.
+    The FPT (``backbone.fpt.*``) and its laterals (``backbone.lateral.*``) may be missing from the file (an
+    FPN-only checkpoint: they stay freshly initialised, with a warning); the file's FPN
+    (``backbone.fpn.*``) is left out, with a warning, when the model has none (``fpt_placement=backbone``).
+    Any other missing or unexpected key raises when ``strict``.
     Class-dependent heads whose shape differs (another number of classes) are left initialised with a
     warning; other mis-shaped keys raise, naming the file.
     """
@@ -41,7 +44,8 @@ def load_fpt_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool 
                 tuple(expected[key].shape),
             )
             del state_dict[key]
-    fpt_missing = [k for k in expected if ".fpt." in k and k not in state_dict]
+    fresh = (".fpt.", ".lateral.")
+    fpt_missing = [k for k in expected if any(part in k for part in fresh) and k not in state_dict]
     if fpt_missing:
         log.warning(
             "%s has no weights for %d FPT tensors (%s, ...; an FPN checkpoint): the FPT stays freshly "
@@ -50,7 +54,18 @@ def load_fpt_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool 
             len(fpt_missing),
             fpt_missing[0],
         )
-    allowed = frozenset(k for k in expected if ".fpt." in k or k.endswith("num_batches_tracked"))
+    unused_fpn = [k for k in state_dict if ".fpn." in k and k not in expected]
+    if unused_fpn and not any(".fpn." in k for k in expected):
+        log.warning(
+            "%s: the model has no FPN (fpt_placement=backbone: the FPT takes C2..C5 through its own "
+            "laterals), so the file's %d FPN tensors are not used",
+            path,
+            len(unused_fpn),
+        )
+        state_dict = {k: v for k, v in state_dict.items() if k not in unused_fpn}
+    allowed = frozenset(
+        k for k in expected if any(part in k for part in fresh) or k.endswith("num_batches_tracked")
+    )
     allowed |= frozenset(k for k in expected if k.startswith(heads) and k not in state_dict)
     fit_state_dict(model, state_dict, path, strict, allowed)
     return model

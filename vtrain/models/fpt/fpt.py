@@ -6,18 +6,20 @@ For a pyramid ``[X_1 .. X_L]`` (finest first, all with ``C`` channels), level ``
 
     conv3x3( concat( X_l, ST(X_l), GT(X_l <- X_m) for every coarser m, RT(X_l <- X_m) for every finer m ) )
 
-that is ``(L + 1) * C`` channels brought back to ``C`` by one 3 x 3 convolution (paper, section 3.4).
+that is ``(L + 1) * C`` channels brought back to ``C`` by one 3 x 3 convolution (paper, section 3.5, Fig. 2).
+Section numbers are those of arXiv 2007.09451: 3.1 revisits the non-local interaction, 3.2-3.4 are the
+three transformers, 3.5 the overall architecture, 4 the experiments.
 
-* Self-Transformer (ST, section 3.1): non-local attention within one level, queries, keys and values from
+* Self-Transformer (ST, section 3.2): non-local attention within one level, queries, keys and values from
   1 x 1 convolutions, dot-product similarity normalised by a Mixture of Softmaxes (MoS) with ``N = 2``:
   the channels of q and k are split into N parts, each part gives its own softmax over the keys, and
   the N attention maps are mixed with image-dependent weights ``pi_n = softmax_n(w_n^T mean_j(k_j))``.
-* Grounding Transformer (GT, section 3.2, top-down): queries from the finer level, keys and values from
+* Grounding Transformer (GT, section 3.3, top-down): queries from the finer level, keys and values from
   the coarser one; similarity is the negative squared Euclidean distance ``-||q_i - k_j||^2``, MoS with
   ``N = 4``; the output has the finer level's size. The locality-constrained GT (LGT) lets each query
   see only the coarse positions in a ``window x window`` square centred on its own location (positions
   outside the map are zeros, as in the paper).
-* Rendering Transformer (RT, section 3.3, bottom-up): the coarser level Q is rendered with the finer level
+* Rendering Transformer (RT, section 3.4, bottom-up): the coarser level Q is rendered with the finer level
   K = V: channel weights ``w = GAP(K)``, ``Q_att = conv3x3(Q * w)``, ``V_dow = conv3x3_stride2(V)``, output
   ``conv3x3(Q_att + V_dow)``; no attention map.
 
@@ -44,7 +46,7 @@ the paper:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +223,14 @@ class RenderingTransformer(nn.Module):
         return self.render(q_att + v_dow)
 
 
+def _fusion(in_channels: int, out_channels: int, norm_layer: Callable[[int], nn.Module] | None) -> nn.Module:
+    """The 3 x 3 convolution that brings a level's concatenated maps back to ``out_channels``."""
+    if norm_layer is None:
+        return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    return nn.Sequential(conv, norm_layer(out_channels))
+
+
 class FeaturePyramidTransformer(nn.Module):
     """The FPT neck: a pyramid of ``num_levels`` maps of ``dim`` channels (finest first) -> the same shapes.
 
@@ -230,10 +240,12 @@ class FeaturePyramidTransformer(nn.Module):
             each of the l finer levels.
         st_mixtures, gt_mixtures: MoS components of ST (paper: 2) and GT (paper: 4).
         gt_window: None for the global GT, an odd side for the locality-constrained GT.
+        norm_layer: None, or a normalisation ``norm_layer(channels)`` after each fusion convolution, which
+            then has no bias (the released ``FPT_a.py`` puts GroupNorm there when its detector uses GN).
 
     Parameters (biases included, C = dim, with the default N): ST ``3 C^2 + 3 C + 2 C``, GT ``3 C^2 + 3 C +
-    4 C``, RT ``27 C^2 + 3 C``, fusion of level l ``9 (L + 1) C^2 + C``; for C = 256 and 4 levels:
-    4 ST + 6 GT + 6 RT + 4 fusions = 24,400,896.
+    4 C``, RT ``27 C^2 + 3 C``, fusion of level l ``9 (L + 1) C^2 + C`` (``9 (L + 1) C^2 + 2 C`` with
+    GroupNorm); for C = 256 and 4 levels: 4 ST + 6 GT + 6 RT + 4 fusions = 24,400,896 (24,401,920 with GN).
     """
 
     def __init__(
@@ -243,6 +255,7 @@ class FeaturePyramidTransformer(nn.Module):
         st_mixtures: int = 2,
         gt_mixtures: int = 4,
         gt_window: int | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -255,9 +268,7 @@ class FeaturePyramidTransformer(nn.Module):
             {f"{f}_{c}": GroundingTransformer(dim, gt_mixtures, gt_window) for f, c in pairs}
         )
         self.rendering = nn.ModuleDict({f"{f}_{c}": RenderingTransformer(dim) for f, c in pairs})
-        self.fuse = nn.ModuleList(
-            nn.Conv2d((num_levels + 1) * dim, dim, 3, padding=1) for _ in range(num_levels)
-        )
+        self.fuse = nn.ModuleList(_fusion((num_levels + 1) * dim, dim, norm_layer) for _ in range(num_levels))
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``features``: L maps [B, dim, H_l, W_l], finest first -> L maps of the same shapes."""

@@ -1,12 +1,15 @@
-"""Semantic segmentation with the FPT: ResNet -> FPN (P2..P5) -> FPT -> a semantic-FPN head (Kirillov et
-al., Panoptic FPN, 2019): every level is brought to stride 4 by [3 x 3 conv, GroupNorm, ReLU, 2x bilinear
-upsampling] blocks (none for P2, three for P5), the four maps are summed, and a 1 x 1 convolution gives
-the class logits, upsampled 4x to the input.
+"""Semantic segmentation with the FPT: ResNet C2..C5 -> 1 x 1 laterals -> FPT (or FPN -> FPT, or FPN alone
+for the baseline) -> a semantic-FPN head (Kirillov et al., Panoptic FPN, 2019): every level is brought to
+stride 4 by [3 x 3 conv, GroupNorm, ReLU, 2x bilinear upsampling] blocks (none for P2, three for P5), the
+four maps are summed, and a 1 x 1 convolution gives the class logits, upsampled 4x to the input.
 
-The paper (section 4.2) builds its pixel-level pyramid differently: an "unscathed feature pyramid" from
-a dilated ResNet-101 (output stride 8) and the head of the compared method (e.g. PSPNet / UPerNet-style);
-see docs/fpt.md. The semantic-FPN head keeps the FPT's input the same pyramid as the instance-level
-experiments and runs at CPU sizes; ``fpt=False`` is the FPN baseline with the same head.
+The paper (section 3.5 and the pixel-level experiments of section 4) builds its pixel-level pyramid
+differently: an "unscathed feature pyramid" (UFP: a pyramidal global convolutional network with kernels
+1, 7, 15 and 31) on a dilated ResNet-101 (output stride 8), with the FPT under the head of OCNet (Yuan and
+Wang 2018), compared with OCNet's PPM / ASPP context modules (the first author, ZHANGDONG-NJUST/FPT issue
+#7: "PPM/ASPP/UFP+OC"); that code is not released; see docs/fpt.md. The semantic-FPN head keeps the FPT's
+input the same kind of pyramid as the instance-level experiments and runs at CPU sizes; ``fpt=False`` is
+the FPN baseline with the same head.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ class FPTSegmentation(nn.Module):
     Args:
         num_classes: K (19 for Cityscapes).
         backbone: torchvision ResNet name; ``backbone_weights`` an ImageNet state dict file for it.
-        fpt: insert the FPT after the FPN (False: the FPN baseline).
+        fpt: build the FPT (False: the FPN baseline).
+        fpt_placement: ``"backbone"`` (C2..C5 -> 1 x 1 laterals -> FPT, the paper's) or ``"fpn"``
+            (FPN -> FPT); see ``BackboneWithFPT``.
         out_channels: FPN / FPT width; ``head_channels`` the head's (Panoptic FPN: 128).
         gt_window: None for the global GT, an odd side for the locality-constrained GT (LGT).
         frozen_bn, trainable_layers: see ``BackboneWithFPT``; segmentation trains BatchNorm by default.
@@ -78,6 +83,7 @@ class FPTSegmentation(nn.Module):
         num_classes: int = 19,
         backbone: str = "resnet50",
         fpt: bool = True,
+        fpt_placement: str = "backbone",
         out_channels: int = 256,
         head_channels: int = 128,
         gt_window: int | None = None,
@@ -91,6 +97,7 @@ class FPTSegmentation(nn.Module):
             backbone,
             out_channels,
             fpt=fpt,
+            placement=fpt_placement,
             gt_window=gt_window,
             extra_pool=False,
             weights=backbone_weights,
@@ -111,7 +118,7 @@ def _preset(backbone: str, fpt: bool, **defaults):
         return FPTSegmentation(backbone=backbone, fpt=fpt, **args)
 
     make.__doc__ = (
-        f"Semantic segmentation, {backbone} + FPN{' + FPT' if fpt else ''} + semantic-FPN head; "
+        f"Semantic segmentation, {backbone} + {'FPT' if fpt else 'FPN'} + semantic-FPN head; "
         f"arguments of FPTSegmentation override {defaults or 'nothing'}; ``backbone_weights`` is required "
         "(an ImageNet ResNet file, or ``scratch``)."
     )
