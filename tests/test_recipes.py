@@ -69,10 +69,6 @@ PENDING = {
     #
     "vit_s16_imagenet",
     #
-    "igpt_imagenet32",
-    "igpt_s_cifar10",
-    "igpt_cifar10_probe",
-    "igpt_cifar10_finetune",
     #
     "lambda_resnet50_imagenet",
     #
