@@ -91,6 +91,9 @@ def test_hugging_face_imagegpt_on_cifar_batches(make_cfg, capsys, tmp_path):
     config = transformers.ImageGPTConfig(vocab_size=513, n_positions=1024, n_embd=512, n_layer=1, n_head=8)
     path = tmp_path / "pytorch_model.bin"
     torch.save(transformers.ImageGPTForCausalImageModeling(config).state_dict(), path)
+    # the palette the weights were trained with, beside them as the official kmeans_centers.npy
+    centers = np.random.default_rng(0).uniform(-1, 1, (512, 3)).astype(np.float32)
+    np.save(tmp_path / "kmeans_centers.npy", centers)
     # CIFAR-10 batches (the tiny set) at iGPT-S's 32 x 32 and 512 colours; no linear probe here
     data = ["data=cifar10_pixels_tiny", "data.image_size=32", "data.palette_size=512", "data.batch_size=4"]
     overrides = ["experiment=igpt_s_cifar10", *data, "+model.depth=1", "task.probe=null"]

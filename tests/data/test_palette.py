@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vtrain.data.palette import Palette, fit_palette, to_unit_range
+from vtrain.data.palette import Palette, fit_palette, shipped_palette, to_unit_range
 from vtrain.io import temporary_sibling
 
 
@@ -74,6 +75,22 @@ def test_save_load_and_the_official_npy_format(tmp_path):
         Palette.load(tmp_path / "scale.npy")
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         Palette.load(tmp_path / "nope.npy")
+
+
+def test_the_hugging_face_preprocessor_config_and_the_palette_shipped_with_weights(tmp_path):
+    centers = np.random.default_rng(0).uniform(-1, 1, size=(512, 3)).astype(np.float32)
+    config = {"image_processor_type": "ImageGPTImageProcessor", "clusters": centers.tolist()}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    palette = Palette.load(tmp_path / "preprocessor_config.json")
+    assert np.array_equal(palette.centers.numpy(), centers)  # the file's order, never re-sorted
+    assert shipped_palette(tmp_path / "pytorch_model.bin") == tmp_path / "preprocessor_config.json"
+    # no clusters: not a palette, and not taken as one beside weights (the official .npy is)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": 32}))
+    with pytest.raises(ValueError, match="preprocessor_config.json: no 'clusters' key"):
+        Palette.load(tmp_path / "preprocessor_config.json")
+    assert shipped_palette(tmp_path / "pytorch_model.bin") is None
+    np.save(tmp_path / "kmeans_centers.npy", centers)
+    assert shipped_palette(tmp_path / "model.safetensors") == tmp_path / "kmeans_centers.npy"
 
 
 def test_a_failed_save_keeps_the_old_palette_and_a_killed_writers_temporary_is_removed(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from PIL import Image
 
 from tests.conftest import SMOKE
@@ -15,7 +16,14 @@ from vtrain.cli import run
 from vtrain.data.palette import Palette
 from vtrain.data.pixels import PixelDataModule
 from vtrain.models.igpt import ImageGPT
-from vtrain.tasks.generative import GenerativePretrainingTask, bits_per_dim, fit_linear_probe, probe_accuracy
+from vtrain.tasks.generative import (
+    GenerativePretrainingTask,
+    bits_per_dim,
+    check_inputs_fit_model,
+    fit_linear_probe,
+    modal_vote,
+    probe_accuracy,
+)
 
 TINY = ["experiment=igpt_tiny", *SMOKE, "task.probe.max_images=64", "task.samples.num=2"]
 
@@ -119,18 +127,117 @@ def test_tiny_smoke_run_logs_nll_bpd_probe_and_sample_grid(make_cfg, tmp_path):
     assert grid.size == (2 * 17 + 1, 3 * 17 + 1)
 
 
-def test_probe_experiment_tests_a_pretrained_model(make_cfg, tmp_path):
-    model = ImageGPT(vocab_size=16, img_size=16, embed_dim=64, depth=4, num_heads=4)
-    torch.save(model.state_dict(), tmp_path / "w.pt")
+def _hf_folder(folder, clusters: torch.Tensor):
+    """A Hugging Face-format iGPT folder the size of model=igpt_tiny (16 colours, 16x16, width 64, 4 layers):
+    pytorch_model.bin and the preprocessor_config.json that lists its palette."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ImageGPTConfig(vocab_size=17, n_positions=256, n_embd=64, n_layer=4, n_head=4)
+    model = transformers.ImageGPTForCausalImageModeling(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    processor = transformers.ImageGPTImageProcessor(
+        clusters=clusters.numpy(), size={"height": 16, "width": 16}
+    )
+    processor.save_pretrained(folder)
+    return folder / "pytorch_model.bin"
+
+
+# 16 colours in no particular order (a fitted palette would be sorted by luma: this one must stay as it is)
+CLUSTERS = torch.rand(16, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_weights_bring_their_palette_and_refuse_another(data_dir, tmp_path, monkeypatch):
+    root = str(data_dir / "cifar10_tiny")
+    weights = _hf_folder(tmp_path / "imagegpt-tiny", CLUSTERS)
+    kwargs = dict(tiny="cifar10_tiny", num_workers=0, probe_train_size=20)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a palette was fitted for pretrained weights")
+
+    monkeypatch.setattr("vtrain.data.pixels.fit_palette", no_fit)
+    dm = PixelDataModule("cifar10", root, 10, 16, 16, pretrained=str(weights), **kwargs)
+    dm.prepare_data()
+    dm.setup("test")
+    assert dm.palette_path == weights.parent / "preprocessor_config.json"
+    assert torch.allclose(dm.palette.centers, CLUSTERS)  # in the file's order: token i is their colour i
+    # the official kmeans_centers.npy beside the weights is read too, and the same palette passed again
+    official = tmp_path / "official"
+    official.mkdir()
+    (official / "model.bin").write_bytes(weights.read_bytes())
+    Palette(CLUSTERS).save(official / "kmeans_centers.npy")
+    same = PixelDataModule("cifar10", root, 10, 16, 16, pretrained=str(official / "model.bin"),
+                           palette_path=str(official / "kmeans_centers.npy"))  # fmt: skip
+    assert same.palette_path == official / "kmeans_centers.npy"
+    # a palette that is not theirs
+    Palette(CLUSTERS.flip(0)).save(tmp_path / "other.npy")
+    with pytest.raises(
+        ValueError, match=r"other.npy is not the palette of the weights .*preprocessor_config"
+    ):
+        PixelDataModule(
+            "cifar10", root, 10, 16, 16, pretrained=str(weights), palette_path=str(tmp_path / "other.npy")
+        )
+    # weights with no palette beside them: an error naming them and what to pass, never a fitted palette
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "pytorch_model.bin").write_bytes(weights.read_bytes())
+    with pytest.raises(
+        ValueError, match=r"bare/pytorch_model.bin has no palette next to it.*data.palette_path="
+    ):
+        PixelDataModule("cifar10", root, 10, 16, 16, pretrained=str(bare / "pytorch_model.bin"))
+    # a palette given for them must exist
+    missing = PixelDataModule("cifar10", root, 10, 16, 16, pretrained=str(bare / "pytorch_model.bin"),
+                              palette_path=str(tmp_path / "missing.npy"), **kwargs)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
+        missing.setup("test")
+
+
+def test_the_task_refuses_a_palette_or_image_size_the_model_was_not_built_for():
+    model = ImageGPT(vocab_size=16, img_size=8, embed_dim=32, depth=2, num_heads=2)
+
+    class Data:
+        palette, palette_path, image_size = Palette(CLUSTERS[:8]), "p8.npy", 8
+
+    with pytest.raises(ValueError, match="p8.npy has 8 colours but the model's vocabulary"):
+        check_inputs_fit_model(model, Data())
+    Data.palette, Data.image_size = Palette(CLUSTERS), 16
+    with pytest.raises(ValueError, match="data.image_size is 16 but the model is built for 8 x 8"):
+        check_inputs_fit_model(model, Data())
+
+
+def test_probe_experiment_probes_hugging_face_weights_with_their_palette(make_cfg, tmp_path):
+    weights = _hf_folder(tmp_path / "imagegpt-tiny", CLUSTERS)
     overrides = [
         "experiment=igpt_cifar10_probe", *SMOKE, "data=cifar10_pixels_tiny", "model=igpt_tiny",
-        f"model.pretrained={tmp_path / 'w.pt'}", "trainer.max_epochs=0", "task.probe.max_images=64",
+        f"model.pretrained={weights}", "trainer.max_epochs=0", "task.probe.max_images=64",
         "task.probe.layer=2",
     ]  # fmt: skip
     out = tmp_path / "probe"
     score = run(make_cfg(overrides, output_dir=out))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert score == pytest.approx(metrics["test/probe_acc"])
+    # the layer is chosen on the held-out tenth of the training set, the test batch only reports
+    assert score == pytest.approx(metrics["val/probe_acc"])
+    assert 0 <= metrics["test/probe_acc"] <= 1
+    Palette(CLUSTERS.flip(0)).save(tmp_path / "other.npy")
+    # (hydra reports the data module's ValueError as an InstantiationException, message kept)
+    with pytest.raises(InstantiationException, match="is not the palette of the weights"):
+        run(make_cfg([*overrides, f"data.palette_path={tmp_path / 'other.npy'}"], output_dir=tmp_path / "no"))
+
+
+def test_bert_probe_masks_its_inputs_and_votes_over_masks():
+    task = _task(causal=False, objective="bert")
+    tokens = torch.randint(0, 16, (6, 16), generator=torch.Generator().manual_seed(0))
+    loader = [(tokens, torch.arange(6) % 3)]
+    unmasked = task.model.forward_features(tokens, layer=1).mean(1)
+    first, _ = task.probe_features(loader, layer=1, mask_seed=1)
+    again, _ = task.probe_features(loader, layer=1, mask_seed=1)
+    other, _ = task.probe_features(loader, layer=1, mask_seed=2)
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+    assert not torch.allclose(first, unmasked)
+    votes = torch.tensor([[0, 1, 2, 1], [0, 1, 1, 2], [2, 1, 1, 0]])
+    assert modal_vote(votes).tolist()[:3] == [0, 1, 1]  # the last column is a three-way tie
+    ties = {int(modal_vote(votes, seed)[3]) for seed in range(20)}
+    assert ties == {0, 1, 2}
 
 
 @pytest.mark.parametrize(
@@ -172,6 +279,19 @@ def test_paper_experiments_compose(make_cfg, experiment):
     assert cfg.model.name == "igpt_s" and cfg.model.vocab_size == 512 and cfg.model.img_size == 32
     assert cfg.task._target_ == "vtrain.tasks.GenerativePretrainingTask"
     assert cfg.task.optimizer.betas == [0.9, 0.95]
+
+
+def test_igpt_xl_is_built_for_its_64_pixel_inputs(make_cfg):
+    # iGPT-XL exists at input resolution 64^2 only (sections 3.2, 4.4): not 32x32 from the data's default
+    cfg = make_cfg(["experiment=igpt_imagenet32", "model=igpt_xl"])
+    assert cfg.model.img_size == 64 and cfg.data.image_size == 32
+    model = ImageGPT(vocab_size=16, img_size=cfg.model.img_size, embed_dim=8, depth=1, num_heads=1)
+
+    class Data:
+        palette, image_size = Palette(CLUSTERS), cfg.data.image_size
+
+    with pytest.raises(ValueError, match="data.image_size is 32 but the model is built for 64 x 64"):
+        check_inputs_fit_model(model, Data())
 
 
 @pytest.mark.slow

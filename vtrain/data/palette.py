@@ -3,11 +3,15 @@ k = 512), and the maps from pixels to cluster indices and back.
 
 Fitting is mini-batch k-means (Sculley 2010) in torch after a k-means++ seeding, deterministic for a
 seed. Palettes are stored as a float32 ``.npy`` of the centres ``[k, 3]`` in [-1, 1], the format of the
-official ``kmeans_centers.npy`` (openai/image-gpt), which loads as is.
+official ``kmeans_centers.npy`` (openai/image-gpt), which loads as is; the ``clusters`` list of a Hugging
+Face ``preprocessor_config.json`` (``ImageGPTImageProcessor``, next to the ``openai/imagegpt-*`` weights)
+loads too. A loaded palette keeps its order: token i is row i of the file, the id the weights were trained
+with.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -141,14 +145,18 @@ class Palette:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Palette:
-        """Read a ``.npy`` of centres [k, 3] in [-1, 1] (ours or the official ``kmeans_centers.npy``)."""
+        """Read centres [k, 3] in [-1, 1], in the file's order: a ``.npy`` (ours or the official
+        ``kmeans_centers.npy``) or a Hugging Face ``preprocessor_config.json`` (its ``clusters``)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"palette file {path} does not exist")
-        try:
-            centers = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{path}: not a NumPy .npy array of colour centres ({e})") from e
+        if path.suffix == ".json":
+            centers = _read_hf_clusters(path)
+        else:
+            try:
+                centers = np.load(path, allow_pickle=False)
+            except ValueError as e:
+                raise ValueError(f"{path}: not a NumPy .npy array of colour centres ({e})") from e
         if centers.ndim != 2 or centers.shape[1] != 3:
             raise ValueError(f"{path}: expected colour centres of shape [k, 3], found {centers.shape}")
         if np.abs(centers).max() > 1.0 + 1e-3:
@@ -156,3 +164,44 @@ class Palette:
                 f"{path}: expected colour centres in [-1, 1], found max |c| = {np.abs(centers).max()}"
             )
         return cls(centers)
+
+
+def _read_hf_clusters(path: Path) -> np.ndarray:
+    """The ``clusters`` [k, 3] of a Hugging Face ``ImageGPTImageProcessor`` config file."""
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from e
+    clusters = config.get("clusters") if isinstance(config, dict) else None
+    if clusters is None:
+        raise ValueError(
+            f"{path}: no 'clusters' key; expected the preprocessor_config.json of an ImageGPT image "
+            "processor (openai/imagegpt-*), which lists the palette's colours"
+        )
+    try:
+        return np.asarray(clusters, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: 'clusters' is not a [k, 3] list of numbers ({e})") from e
+
+
+# the palette files that come with iGPT weights, looked for in the weights' folder, in this order
+SHIPPED_PALETTES = ("preprocessor_config.json", "kmeans_centers.npy")
+
+
+def shipped_palette(weights: str | os.PathLike) -> Path | None:
+    """The palette that comes with a weights file: ``preprocessor_config.json`` (Hugging Face, when it has
+    ``clusters``) or ``kmeans_centers.npy`` (official) in the same folder; None when there is neither."""
+    folder = Path(weights).parent
+    for name in SHIPPED_PALETTES:
+        path = folder / name
+        if path.is_file() and (path.suffix != ".json" or _has_clusters(path)):
+            return path
+    return None
+
+
+def _has_clusters(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("clusters") is not None

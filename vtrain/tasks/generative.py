@@ -75,11 +75,44 @@ def fit_linear_probe(
     return mean, std, weight.detach(), bias.detach()
 
 
+def probe_predict(probe: tuple[torch.Tensor, ...], features: torch.Tensor) -> torch.Tensor:
+    """Class predictions [N] of a probe from :func:`fit_linear_probe` on features [N, D]."""
+    mean, std, weight, bias = probe
+    return (((features.double() - mean) / std) @ weight.T + bias).argmax(1)
+
+
 def probe_accuracy(probe: tuple[torch.Tensor, ...], features: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of a probe from :func:`fit_linear_probe` on features [N, D] / labels [N]."""
-    mean, std, weight, bias = probe
-    logits = ((features.double() - mean) / std) @ weight.T + bias
-    return float((logits.argmax(1) == labels).double().mean())
+    return float((probe_predict(probe, features) == labels).double().mean())
+
+
+def modal_vote(predictions: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The most frequent class of each column of predictions [V, N] (V votes), ties broken at random
+    (seeded), as iGPT's vote over BERT masks (section 4.6)."""
+    if len(predictions) == 1:
+        return predictions[0]
+    classes = int(predictions.max()) + 1
+    counts = F.one_hot(predictions, classes).sum(0).double()  # [N, classes]
+    noise = torch.rand(counts.shape, generator=torch.Generator().manual_seed(seed), dtype=counts.dtype)
+    return (counts + 0.5 * noise).argmax(1)  # the noise < 1 only orders classes of equal counts
+
+
+def check_inputs_fit_model(model: nn.Module, datamodule: Any) -> None:
+    """Raise ValueError unless the data's palette has the model's vocabulary and its images the model's
+    sequence length (a shorter sequence would run, silently, on the wrong position embeddings)."""
+    palette = getattr(datamodule, "palette", None)
+    vocab = getattr(model, "vocab_size", None)
+    if palette is not None and vocab is not None and len(palette) != vocab:
+        raise ValueError(
+            f"the palette {getattr(datamodule, 'palette_path', '')} has {len(palette)} colours but the "
+            f"model's vocabulary (model.vocab_size) is {vocab}; expected the palette the weights know"
+        )
+    size, model_size = getattr(datamodule, "image_size", None), getattr(model, "img_size", None)
+    if size is not None and model_size is not None and size != model_size:
+        raise ValueError(
+            f"data.image_size is {size} but the model is built for {model_size} x {model_size} inputs "
+            f"(model.img_size): set data.image_size={model_size} or model.img_size={size}"
+        )
 
 
 class GenerativePretrainingTask(L.LightningModule):
@@ -96,9 +129,12 @@ class GenerativePretrainingTask(L.LightningModule):
         clf_weight: 0 for pretraining; > 0 fine-tunes with ``L_gen + clf_weight * L_clf``, the classifier
             reading the mean of the final features (the paper's fine-tuning uses 1).
         probe: linear probe after validation / test epochs, e.g. ``{layer: 12, every_n_epochs: 1, l2: 1e-3,
-            steps: 100, max_images: null}``: features of ``layer`` (None: the last) mean-pooled after the
-            norm, a logistic regression fitted on the datamodule's ``probe_train_dataloader()`` and scored on
-            the val / test loader (each cut to ``max_images``, if set).
+            steps: 100, max_images: null, votes: 1}``: features of ``layer`` (None: the last) mean-pooled
+            after the norm, a logistic regression fitted on the datamodule's ``probe_train_dataloader()`` and
+            scored on the val / test loader (each cut to ``max_images``, if set); at test, also on a held-out
+            validation split (``val/probe_acc``), the one to choose the layer on. The BERT model reads masked
+            inputs here too, as in training (iGPT section 4.6); ``votes`` > 1 scores the modal prediction
+            over that many independent masks per image, ties broken at random.
         samples: sample grids after validation epochs, e.g. ``{num: 8, temperature: 1.0, top_k: null,
             every_n_epochs: 1, seed: 0}``: ``num`` unconditional samples and ``num`` completions of the
             first val images given their top half (next to the originals), saved as PNG under
@@ -147,6 +183,9 @@ class GenerativePretrainingTask(L.LightningModule):
         # the class labels feed the fine-tuning head and the linear probe; a pretraining model has no head (0)
         model_classes = getattr(self.model, "num_classes", 0) or None
         check_num_classes(self, {"model.num_classes": model_classes, "task.num_classes": self.num_classes})
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            check_inputs_fit_model(self.model, datamodule)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -235,49 +274,73 @@ class GenerativePretrainingTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_unigram_bpd("val")
         if self._due(self.probe):
-            self.log("val/probe_acc", self._run_probe(self.trainer.datamodule.val_dataloader()))
+            self.log(
+                "val/probe_acc", self._run_probe({"val": self.trainer.datamodule.val_dataloader()})["val"]
+            )
         if self._due(self.samples) and self.objective == "autoregressive" and self.trainer.is_global_zero:
             self._save_samples()
 
     def on_test_epoch_end(self) -> None:
         self._log_unigram_bpd("test")
         if self.probe:
-            self.log("test/probe_acc", self._run_probe(self.trainer.datamodule.test_dataloader()))
+            datamodule = self.trainer.datamodule
+            loaders = {"test": datamodule.test_dataloader()}
+            if getattr(datamodule, "val_source", None) == "holdout":
+                loaders["val"] = datamodule.val_dataloader()
+            for stage, accuracy in self._run_probe(loaders).items():
+                self.log(f"{stage}/probe_acc", accuracy)
 
     @torch.no_grad()
     def probe_features(
-        self, loader: Any, layer: int | None, max_images: int | None = None
+        self, loader: Any, layer: int | None, max_images: int | None = None, mask_seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean-pooled, normalised features of ``layer`` [N, D] (CPU) and labels [N] over a loader (its first
-        batches covering ``max_images``, if given)."""
+        batches covering ``max_images``, if given). The BERT model reads its inputs masked as in training,
+        batch i with the masks of seed ``(mask_seed, i)``."""
         features, labels = [], []
         was_training = self.model.training
         self.model.eval()
-        for tokens, y in loader:
+        for index, (tokens, y) in enumerate(loader):
             if max_images is not None and sum(len(f) for f in features) >= max_images:
                 break
-            h = self.model.forward_features(tokens.to(self.device), layer=layer)
+            tokens = tokens.to(self.device)
+            mask = None
+            if self.objective == "bert":
+                generator = torch.Generator(tokens.device).manual_seed(mask_seed * 1_000_003 + index)
+                mask = (
+                    torch.rand(tokens.shape, generator=generator, device=tokens.device) < self.bert_mask_prob
+                )
+            h = self.model.forward_features(tokens, mask, layer=layer)
             features.append(h.mean(1).float().cpu())
             labels.append(y.cpu())
         self.model.train(was_training)
         return torch.cat(features), torch.cat(labels)
 
-    def _run_probe(self, eval_loader: Any) -> float:
-        """Fit a linear probe on the datamodule's probe training set; its accuracy on ``eval_loader``."""
+    def _run_probe(self, eval_loaders: dict[str, Any]) -> dict[str, float]:
+        """Fit a linear probe on the datamodule's probe training set; its accuracy on each of
+        ``eval_loaders`` ({stage: loader}), by ``stage``."""
         layer, max_images = self.probe.get("layer"), self.probe.get("max_images")
+        votes = int(self.probe.get("votes", 1)) if self.objective == "bert" else 1
         train_x, train_y = self.probe_features(
             self.trainer.datamodule.probe_train_dataloader(), layer, max_images
         )
-        eval_x, eval_y = self.probe_features(eval_loader, layer, max_images)
         probe = fit_linear_probe(
             train_x, train_y, self.num_classes, self.probe.get("l2", 1e-3), self.probe.get("steps", 100)
         )
-        accuracy = probe_accuracy(probe, eval_x, eval_y)
-        log.info(
-            "linear probe on layer %s: %.4f held-out accuracy (train %.4f, %d / %d images)",
-            layer or "last", accuracy, probe_accuracy(probe, train_x, train_y), len(train_y), len(eval_y),
-        )  # fmt: skip
-        return accuracy
+        accuracies = {}
+        for stage, loader in eval_loaders.items():
+            # evaluation masks are other draws than the training images' (seed 0)
+            predictions = []
+            for vote in range(votes):
+                eval_x, eval_y = self.probe_features(loader, layer, max_images, mask_seed=1 + vote)
+                predictions.append(probe_predict(probe, eval_x))
+            accuracies[stage] = float((modal_vote(torch.stack(predictions)) == eval_y).double().mean())
+            log.info(
+                "linear probe on layer %s: %.4f %s accuracy (train %.4f, %d / %d images%s)",
+                layer or "last", accuracies[stage], stage, probe_accuracy(probe, train_x, train_y),
+                len(train_y), len(eval_y), f", vote of {votes} masks" if votes > 1 else "",
+            )  # fmt: skip
+        return accuracies
 
     @torch.no_grad()
     def sample_grid(self, prefixes: torch.Tensor) -> torch.Tensor:
