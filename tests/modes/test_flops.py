@@ -98,3 +98,14 @@ def test_flops_image_size_sets_the_input(make_cfg, tmp_path):
         )
     )
     assert json.loads((tmp_path / "flops.json").read_text())["input"] == "images [1, 3, 64, 64]"
+
+
+def test_a_detector_is_counted_at_its_test_scale_not_a_training_scale(make_cfg):
+    from hydra.utils import instantiate
+
+    from vtrain.modes.flops import input_size
+
+    # the released FPT config trains at short sides 400 .. 1200 and tests at 1000 (max 1400)
+    small = ["model.backbone_weights=scratch", "model.name=fpt_maskrcnn_tiny"]
+    cfg = make_cfg(["experiment=fpt_maskrcnn_coco", *small])
+    assert input_size(cfg, instantiate(cfg.model)) == (1000, 1400)

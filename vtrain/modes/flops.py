@@ -114,8 +114,11 @@ def input_size(cfg: DictConfig, model: nn.Module) -> tuple[int, int]:
     if cfg.get("flops_image_size"):
         height, width = cfg.flops_image_size
         return int(height), int(width)
-    if isinstance(model, GeneralizedRCNN):  # the detector resizes its input to these itself
-        return int(model.transform.min_size[0]), int(model.transform.max_size)
+    if isinstance(model, GeneralizedRCNN):  # the detector resizes its input to its eval size itself
+        transform = model.transform
+        # Detectron's TEST.SCALE where the model has one, else torchvision's eval size, min_size[-1]
+        short_side = getattr(transform, "test_min_size", transform.min_size[-1])
+        return int(short_side), int(transform.max_size)
     data = cfg.data
     if data.get("eval_size"):
         return int(data.eval_size), int(data.max_size)
