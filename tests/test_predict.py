@@ -19,7 +19,7 @@ from vtrain.cli import run
 from vtrain.data.coco_names import COCO_CATEGORY_NAMES
 from vtrain.data.imagenet import IMAGENET_WNIDS
 from vtrain.data.tiny.classification import DIGIT_NAMES
-from vtrain.modes.predict import class_names, find_images
+from vtrain.modes.predict import class_names, find_images, output_stems
 
 VIT = ["experiment=vit_cifar10_tiny", *SMOKE]
 DETR = ["experiment=detr_coco_tiny", *SMOKE]
@@ -78,6 +78,7 @@ def test_classification_of_a_folder_from_a_trained_checkpoint(make_cfg, tmp_path
     records = result["predictions"]
     assert [r["path"] for r in records] == [str(p.absolute()) for p in paths]
     assert [r["size"] for r in records] == [[40, 30], [32, 32], [100, 57]]
+    assert [r["picture"] for r in records] == [f"{p.stem}.png" for p in paths]
     for record in records:
         top = record["top_k"]
         probabilities = [t["probability"] for t in top]
@@ -196,6 +197,10 @@ def test_an_unreadable_file_is_named_or_skipped_and_counted(make_cfg, tmp_path, 
     assert result["images"] == 3 and result["skipped_unreadable"] == [str(broken.absolute())]
     assert len(result["predictions"]) == 2 and "broken" not in json.dumps(result["predictions"])
     _pictures_decode(out, result["predictions"])
+
+
+def test_output_files_are_named_after_their_input():
+    assert output_stems([Path("x/a.jpg"), Path("y/a.png"), Path("b.jpeg")]) == ["a", "a_1", "b"]
 
 
 def test_inputs_and_tasks_it_refuses(make_cfg, tmp_path):

@@ -33,27 +33,17 @@ from PIL import ImageDraw
 from torch.nn import functional as F
 from torchvision.ops import box_convert
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from vtrain.config import fill_num_classes
 from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD
 from vtrain.io import atomic_write_text
 from vtrain.modes.common import data_class_names
+from vtrain.predictors import KINDS
+from vtrain.predictors.pictures import category_colour, named_boxes, overlay
 from vtrain.scaling import apply_batch_plan
 from vtrain.tasks.segmentation import colorize
 
 log = logging.getLogger("vtrain")
-
-# the tasks' classes (the last part of `task._target_`) and how their samples are drawn
-KINDS = {
-    "ClassificationTask": "classification",
-    "DetectionTask": "detection",
-    "InstanceSegmentationTask": "instance",
-    "PanopticTask": "panoptic",
-    "SegmentationTask": "segmentation",
-    "SuperResolutionTask": "super-resolution",
-    "GenerativePretrainingTask": "generative",
-}
 
 
 def _kind(cfg: DictConfig) -> str:
@@ -125,11 +115,11 @@ class Drawer:
         if with_masks and len(labels):
             masks = target["masks"][:, :height, :width].bool().cpu()
             masks = masks.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-            picture = draw_segmentation_masks(picture, masks, alpha=0.5, colors=_colours(self, labels))
+            picture = overlay(picture, masks, _colours(self, labels))
         names = [self.name(c) for c in labels]
         if len(labels):
             colours = _colours(self, labels)
-            picture = _named_boxes(picture, boxes * scale, names, colours)
+            picture = named_boxes(picture, boxes * scale, names, colours)
         return picture, record | {"labels": labels, "names": names}
 
     def _panoptic(self, item: tuple) -> tuple[torch.Tensor, dict]:
@@ -145,8 +135,8 @@ class Drawer:
             colours = _colours(self, labels)
             if "masks" in target:
                 masks = target["masks"].bool().cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-                picture = draw_segmentation_masks(picture, masks, 0.5, colours)
-            picture = _named_boxes(picture, boxes * scale, names, colours)
+                picture = overlay(picture, masks, colours)
+            picture = named_boxes(picture, boxes * scale, names, colours)
         record = {"size": list(image.shape[1:]), "boxes_xyxy": _rounded(boxes)}
         return picture, record | {"labels": labels, "names": names}
 
@@ -185,17 +175,8 @@ class Drawer:
 
 def _colours(drawer: Drawer, labels: list[int]) -> list[tuple[int, int, int]]:
     """One colour per category: the data set's where it has them (COCO panoptic), else a fixed hue."""
-    known = getattr(getattr(drawer.datamodule, "test_set", None), "colors", None) or {}
-    return [tuple(known.get(c, ((c * 67) % 256, (c * 151) % 256, (c * 229) % 256))) for c in labels]
-
-
-def _named_boxes(
-    picture: torch.Tensor, boxes: torch.Tensor, names: list[str], colours: list[tuple[int, int, int]]
-) -> torch.Tensor:
-    """Boxes in their colours, each name in white on its box's colour at the box's top left."""
-    return draw_bounding_boxes(
-        picture, boxes, names, colours, width=2, label_colors="white", fill_labels=True
-    )
+    known = getattr(getattr(drawer.datamodule, "test_set", None), "colors", None)
+    return [category_colour(label, known) for label in labels]
 
 
 def _rounded(boxes: torch.Tensor) -> list[list[float]]:

@@ -197,15 +197,16 @@ def build_predictor(
     return SegmentationPredictor(transform, names)
 
 
-def _picture_names(paths: Sequence[Path]) -> list[str]:
-    """`<stem>.png` per input; a stem met before gets its index (`a.jpg`, `a.png` -> `a.png`, `a_1.png`)."""
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """The stem of each input's output files (`<stem>.png`, ...): its own, or with its index for a stem met
+    before (`a.jpg`, `a.png` -> `a`, `a_1`)."""
     seen: set[str] = set()
-    names = []
+    stems = []
     for index, path in enumerate(paths):
-        name = path.stem if path.stem not in seen else f"{path.stem}_{index}"
-        seen.add(name)
-        names.append(f"{name}.png")
-    return names
+        stem = path.stem if path.stem not in seen else f"{path.stem}_{index}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def predict(cfg: DictConfig) -> None:
@@ -255,7 +256,7 @@ def predict(cfg: DictConfig) -> None:
 
     out_dir = run.output_dir / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = _picture_names(paths)
+    stems = output_stems(paths)
     records = []
     for index in sorted(found):
         record = found[index]
