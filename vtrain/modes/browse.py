@@ -4,7 +4,7 @@ Takes `browse.num_samples` samples of `browse.split` ("train": the training load
 "val": the evaluation preprocessing) exactly as the experiment's data module yields them, and writes one
 PNG per sample under `<run dir>/browse/`, with its target drawn in the task's terms:
 
-    classification   the image and its class name
+    classification   the image and its class name (also MAE pretraining, which reads classification data)
     detection        boxes with their category names (DETR's normalised boxes back in pixels)
     instance         boxes, names and instance masks
     panoptic         every segment's mask in its category's colour, with the box and name of each
@@ -53,6 +53,7 @@ KINDS = {
     "SegmentationTask": "segmentation",
     "SuperResolutionTask": "super-resolution",
     "GenerativePretrainingTask": "generative",
+    "MaskedAutoencoderTask": "classification",
 }
 
 
