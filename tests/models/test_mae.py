@@ -288,3 +288,11 @@ def test_mae_tiny_and_the_official_initialisation():
         and model.blocks[0].attn.qkv.bias.abs().sum() == 0
     )
     assert 0.01 < model.mask_token.std() < 0.03 and model.norm.eps == 1e-6
+
+
+def test_mask_and_loss_stay_float32_under_bf16_autocast():
+    """The loss divides by the number of removed patches, which bfloat16 cannot count exactly past 256."""
+    model = MaskedAutoencoder(**SMALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, pred, mask = model(torch.randn(2, 3, 32, 32))
+    assert pred.dtype == torch.bfloat16 and mask.dtype == torch.float32 and loss.dtype == torch.float32

@@ -140,7 +140,7 @@ class MaskedAutoencoder(nn.Module):
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         kept = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, D))
-        mask = torch.ones(B, N, device=x.device, dtype=x.dtype)
+        mask = torch.ones(B, N, device=x.device)  # float32 under autocast too: the loss sums it
         mask[:, :keep] = 0
         return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
