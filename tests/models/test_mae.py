@@ -296,3 +296,15 @@ def test_mask_and_loss_stay_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, pred, mask = model(torch.randn(2, 3, 32, 32))
     assert pred.dtype == torch.bfloat16 and mask.dtype == torch.float32 and loss.dtype == torch.float32
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = MaskedAutoencoder(**SMALL)
+    checkpointed = MaskedAutoencoder(**SMALL, grad_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    for model in (plain, checkpointed):
+        model(images, noise)[0].backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
+        assert a.grad is not None and torch.equal(a.grad, b.grad), name

@@ -39,7 +39,7 @@ def vit_layer_id(name: str, num_layers: int) -> int:
     number of blocks + 1) for everything after the blocks (final norm, head; an MAE decoder too), as
     BEiT's ``get_layer_id_for_vit`` that MAE's fine-tuning uses (facebookresearch/mae util/lr_decay.py:64-76
     at efb2a80)."""
-    if name in ("cls_token", "pos_embed", "dist_token") or name.startswith("patch_embed"):
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

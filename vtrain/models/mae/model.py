@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vtrain.layers import sincos_2d_pos_embed
 from vtrain.models.vit.model import Block, PatchEmbed
@@ -35,6 +36,8 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: fraction of the patches removed (75 %, Table 1 / Figure 5).
         norm_pix_loss: targets are each patch's pixels normalised by that patch's mean and (unbiased)
             variance, ``(x - mean) / sqrt(var + 1e-6)`` (models_mae.py:204-208).
+        grad_checkpointing: recompute each block's activations in the backward pass instead of keeping
+            them (less memory, about one more forward of compute; the same gradients).
     """
 
     def __init__(
@@ -51,11 +54,13 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"MaskedAutoencoder: mask_ratio must be in [0, 1), found {mask_ratio}")
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.grad_checkpointing = grad_checkpointing
         self.in_chans, self.embed_dim = in_chans, embed_dim
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -144,6 +149,14 @@ class MaskedAutoencoder(nn.Module):
         mask[:, :keep] = 0
         return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
+    def _run(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
     def forward_encoder(
         self, images: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -152,9 +165,7 @@ class MaskedAutoencoder(nn.Module):
         x = self.patch_embed(images) + self.pos_embed[:, 1:]
         x, mask, ids_restore = self.random_masking(x, noise)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        for block in self.blocks:
-            x = block(x)
+        x = self._run(self.blocks, torch.cat([cls, x], dim=1))
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -163,9 +174,7 @@ class MaskedAutoencoder(nn.Module):
         B, N, D = x.shape[0], ids_restore.shape[1], x.shape[2]
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(B, N + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[:, :, None].expand(-1, -1, D))
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = self._run(self.decoder_blocks, torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
