@@ -226,6 +226,21 @@ def test_inception_crop_train_crops_5_to_100_percent_of_the_area_then_flips():
     assert min(areas) < 0.08 * 100 * 100 and max(areas) > 0.9 * 100 * 100  # below torchvision's 8 %
 
 
+def test_imagenet_crop_scale_sets_the_area_range_of_the_training_crops():
+    # MAE's pretraining (facebookresearch/mae main_pretrain.py:124): RandomResizedCrop(scale=(0.2, 1.0))
+    default = build_classification_transforms(True, 32, "imagenet", **VIT_STATS).transforms[0]
+    mae = build_classification_transforms(
+        True, 32, "imagenet", crop_scale=[0.2, 1.0], **VIT_STATS
+    ).transforms[0]
+    assert default.scale == (0.08, 1.0) and mae.scale == (0.2, 1.0)
+    with pytest.raises(ValueError, match=r"crop_scale must be \[min, max\] with 0 < min <= max <= 1"):
+        build_classification_transforms(True, 32, "imagenet", crop_scale=[0.5, 0.2], **VIT_STATS)
+    with pytest.raises(
+        ValueError, match="crop_scale is for recipe 'imagenet' only, found it with recipe 'cifar'"
+    ):
+        build_classification_transforms(True, 32, "cifar", crop_scale=[0.2, 1.0], **VIT_STATS)
+
+
 def test_transform_arguments_are_checked():
     with pytest.raises(
         ValueError,

@@ -66,6 +66,7 @@ SHRINK = {
     "detr": ["model.enc_layers=1", "model.dec_layers=1"],
     "vit": ["+model.depth=1"],
     "igpt": ["+model.depth=1"],
+    "mae": ["+model.depth=1", "+model.decoder_depth=1"],
     "ttsr": ["model.num_res_blocks=[1,1,1,1]"],
 }
 # from-scratch recipes and the CPU-sized experiments need no file
@@ -82,6 +83,8 @@ NOTHING_REQUIRED = [
     "ttsr_tiny",
     "lambda_tiny",
     "igpt_tiny",
+    "mae_vit_b16_imagenet",
+    "mae_tiny",
 ]
 
 
@@ -304,6 +307,29 @@ def test_vit_b16_imagenet_run_is_what_vit_b16_imagenet_ft384_starts_from(make_cf
     assert torch.equal(model.pos_embed[:, 0], pretraining.pos_embed[:, 0])
     for corner in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
         torch.testing.assert_close(grid[corner], old[corner], rtol=0, atol=1e-6)
+
+
+def test_official_mae_checkpoints_load_into_mae_vit_b16_imagenet(make_cfg, tmp_path, caplog):
+    """mae_visualize_vit_*.pth (the whole autoencoder) and mae_pretrain_vit_*.pth (the encoder only, the
+    decoder kept fresh), both under ``model`` as facebookresearch/mae releases them."""
+    cfg = make_cfg(["experiment=mae_vit_b16_imagenet", *SHRINK["mae"]])
+    source = build(cfg)
+    torch.nn.init.normal_(source.decoder_pred.weight)
+    whole, encoder = tmp_path / "mae_visualize_vit_base.pth", tmp_path / "mae_pretrain_vit_base.pth"
+    torch.save({"model": source.state_dict()}, whole)
+    torch.save(
+        {"model": {k: v for k, v in source.state_dict().items() if not k.startswith(("decoder", "mask_"))}},
+        encoder,
+    )
+    loaded = build(make_cfg(["experiment=mae_vit_b16_imagenet", f"model.pretrained={whole}", *SHRINK["mae"]]))
+    assert torch.equal(loaded.decoder_pred.weight, source.decoder_pred.weight)
+    with caplog.at_level(logging.WARNING):
+        loaded = build(
+            make_cfg(["experiment=mae_vit_b16_imagenet", f"model.pretrained={encoder}", *SHRINK["mae"]])
+        )
+    assert "holds an encoder only" in caplog.text
+    assert torch.equal(loaded.blocks[0].mlp.fc2.weight, source.blocks[0].mlp.fc2.weight)
+    assert not torch.equal(loaded.decoder_pred.weight, source.decoder_pred.weight)
 
 
 @pytest.mark.parametrize("experiment", ["igpt_cifar10_probe", "igpt_cifar10_finetune"])

@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "fpt_tiny": "segmentation",
     "ttsr_tiny": "super-resolution",
     "igpt_tiny": "generative",
+    "mae_tiny": "classification",
 }
 
 

@@ -76,6 +76,7 @@ def test_a_vit_count_is_the_hand_computed_one_and_the_formula_gives_the_papers_v
         ("fpt_maskrcnn_tiny", "one image [3, 128, 200]"),
         ("fpt_tiny", "images [1, 3, 96, 192]"),
         ("igpt_tiny", "palette tokens [1, 256]"),
+        ("mae_tiny", "images [1, 3, 64, 64]"),
         ("ttsr_tiny", "LR [1, 3, 24, 24] (x4: 96 x 96), reference [1, 3, 96, 96]"),
     ],
 )

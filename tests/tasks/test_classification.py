@@ -7,6 +7,8 @@ import functools
 import pytest
 import pytorch_lightning as L
 import torch
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+from timm.optim import param_groups_layer_decay
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -15,7 +17,7 @@ from tests.conftest import SMOKE
 from vtrain.cli import run
 from vtrain.tasks import ClassificationTask
 from vtrain.tasks.classification import build_mixup
-from vtrain.tasks.common import weight_decay_groups
+from vtrain.tasks.common import layer_decay_groups, weight_decay_groups
 
 
 def test_weight_decay_skips_biases_norms_position_embedding_and_class_token():
@@ -27,6 +29,70 @@ def test_weight_decay_skips_biases_norms_position_embedding_and_class_token():
     assert not {names[id(p)] for p in decay["params"]} & skipped
     assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def _official_lr_scale(name: str, depth: int, layer_decay: float) -> float:
+    """MAE's param_groups_lrd (facebookresearch/mae util/lr_decay.py:23-25, :64-76 at efb2a80), written out:
+    L = depth + 1 layers; cls_token, pos_embed and patch_embed at layer 0, blocks.i at i + 1, the rest at L;
+    scale layer_decay ** (L - layer)."""
+    num_layers = depth + 1
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        layer = 0
+    elif name.startswith("blocks"):
+        layer = int(name.split(".")[1]) + 1
+    else:
+        layer = num_layers
+    return layer_decay ** (num_layers - layer)
+
+
+def _per_parameter(model: nn.Module, groups: list[dict]) -> dict[str, tuple[float, float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g.get("lr_scale", 1.0), g["weight_decay"]) for g in groups for p in g["params"]}
+
+
+def test_layer_decay_gives_each_block_the_lr_of_maes_param_groups_lrd():
+    depth, decay = 4, 0.65
+    model = vtrain.create_model("vit_ti16", num_classes=10, img_size=32, patch_size=8, depth=depth)
+    ours = _per_parameter(model, layer_decay_groups(model, 0.05, decay))
+    assert ours.keys() == {n for n, _ in model.named_parameters()}
+    for name, param in model.named_parameters():
+        exempt = param.ndim == 1 or name in ("pos_embed", "cls_token")  # main_finetune.py:283-285
+        assert ours[name] == (pytest.approx(_official_lr_scale(name, depth, decay)), 0.0 if exempt else 0.05)
+    assert ours["blocks.3.mlp.fc1.weight"][0] == pytest.approx(0.65)
+    assert ours["patch_embed.proj.weight"][0] == pytest.approx(0.65**5) and ours["head.weight"][0] == 1.0
+    # timm's implementation of the rule, on timm's ViT of the same layout, agrees parameter by parameter but
+    # for the final norm, which timm 1.0 groups with the last block and MAE's code with the head
+    theirs_model = TimmVisionTransformer(
+        img_size=32, patch_size=8, embed_dim=192, depth=depth, num_heads=3, num_classes=10
+    )
+    groups = param_groups_layer_decay(
+        theirs_model, 0.05, no_weight_decay_list=theirs_model.no_weight_decay(), layer_decay=decay
+    )
+    theirs = {
+        k: v
+        for k, v in _per_parameter(theirs_model, groups).items()
+        if not k.startswith(("norm.", "fc_norm."))
+    }
+    assert theirs.keys() == {k for k in ours if not k.startswith("norm.")}
+    assert _per_parameter(theirs_model, groups)["norm.weight"][0] == pytest.approx(decay)
+    for name, (scale, weight_decay) in theirs.items():
+        assert ours[name] == (pytest.approx(scale), weight_decay), name
+
+
+def test_layer_decay_scales_each_groups_lr_in_the_optimizer():
+    model = vtrain.create_model(
+        "vit_ti16", num_classes=4, img_size=8, patch_size=4, embed_dim=32, depth=2, num_heads=2
+    )
+    task = ClassificationTask(
+        model, num_classes=4, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), layer_decay=0.5
+    )
+    optimizer = task.configure_optimizers()["optimizer"]
+    lrs = sorted({round(g["lr"], 12) for g in optimizer.param_groups})
+    assert lrs == [1e-3 * 0.5**3, 1e-3 * 0.5**2, 1e-3 * 0.5, 1e-3]
+    with pytest.raises(ValueError, match="needs a ViT-style model with `blocks`; Linear has none"):
+        layer_decay_groups(nn.Linear(2, 2), 0.05, 0.65)
+    with pytest.raises(ValueError, match=r"task.layer_decay must be in \(0, 1\] or null, found 1.5"):
+        ClassificationTask(model, num_classes=4, optimizer=torch.optim.AdamW, layer_decay=1.5)
 
 
 def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():

@@ -35,7 +35,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         num_classes: expected size of the label space (1000 for ImageNet, also for subsets such as
             imagenet_tiny); a mismatch with the data raises.
         image_size, recipe, mean, std, crop_pct, randaugment_magnitude, hflip, random_erasing,
-            timm_train: see ``vtrain.data.transforms.build_classification_transforms``.
+            timm_train, crop_scale: see ``vtrain.data.transforms.build_classification_transforms``.
         repeated_aug: DeiT's repeated augmentation: each training image this many times per epoch, the
             copies on different ranks (``vtrain.data.sampler.RepeatedAugmentationSampler``); 1: off.
         batch_size: per device; ``eval_batch_size`` defaults to it.
@@ -67,6 +67,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         hflip: bool = True,
         random_erasing: float = 0.0,
         timm_train: dict | None = None,
+        crop_scale: Sequence[float] | None = None,
         repeated_aug: int = 1,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
@@ -115,6 +116,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
             hflip=hflip,
             random_erasing=random_erasing,
             timm_train=timm_train,
+            crop_scale=crop_scale,
         )
         self.train_transform = build_classification_transforms(train=True, **transform_args)
         self.eval_transform = build_classification_transforms(train=False, **transform_args)

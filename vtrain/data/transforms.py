@@ -3,8 +3,9 @@
 Recipes:
     cifar     train: RandomCrop(32, padding=4) + horizontal flip (+ Resize to image_size when it is not 32);
               eval: Resize to image_size when it is not 32. The ResNet / LambdaNetworks CIFAR recipe.
-    imagenet  train: RandomResizedCrop(image_size) + flip; eval: Resize(int(image_size / crop_pct)) +
-              CenterCrop(image_size). The ImageNet recipe of ViT / DeiT / LambdaNetworks.
+    imagenet  train: RandomResizedCrop(image_size, scale=crop_scale) + flip; eval: Resize(int(image_size /
+              crop_pct)) + CenterCrop(image_size). The ImageNet recipe of ViT / DeiT / LambdaNetworks (and,
+              with crop_scale (0.2, 1), MAE's pretraining).
     finetune  train: Resize to image_size x image_size, RandomCrop with padding image_size // 8, flip;
               eval: Resize to image_size x image_size.
     inception_crop
@@ -54,6 +55,7 @@ def build_classification_transforms(
     hflip: bool = True,
     random_erasing: float = 0.0,
     timm_train: Mapping[str, Any] | None = None,
+    crop_scale: Sequence[float] | None = None,
 ) -> v2.Compose:
     """The train or eval pipeline of ``recipe`` (see the module docstring).
 
@@ -72,6 +74,8 @@ def build_classification_transforms(
             mean / std, interpolation and flip (which come from the arguments above), e.g. DeiT's
             ``{auto_augment: rand-m9-mstd0.5-inc1, color_jitter: 0.4, re_prob: 0.25, re_mode: pixel,
             re_count: 1}``; the torchvision RandAugment and erasing above must then stay off.
+        crop_scale: imagenet train: the (min, max) fraction of the image's area RandomResizedCrop keeps;
+            None: torchvision's (0.08, 1).
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, found {recipe!r}")
@@ -83,6 +87,10 @@ def build_classification_transforms(
         raise ValueError(f"random_erasing must be a probability in [0, 1], found {random_erasing}")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, found {interpolation!r}")
+    if crop_scale is not None and (len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0):
+        raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, found {crop_scale!r}")
+    if crop_scale is not None and recipe != "imagenet":
+        raise ValueError(f"crop_scale is for recipe 'imagenet' only, found it with recipe {recipe!r}")
     if recipe == "timm" and train:
         timm_steps = _timm_train(
             image_size, mean, std, interpolation, hflip, randaugment_magnitude, random_erasing, timm_train
@@ -99,7 +107,8 @@ def build_classification_transforms(
         steps = [v2.RandomCrop(32, padding=4), *resize] if train else resize
     elif recipe in ("imagenet", "timm"):
         if train:
-            steps = [v2.RandomResizedCrop(image_size, interpolation=mode)]
+            scale = tuple(crop_scale) if crop_scale is not None else (0.08, 1.0)
+            steps = [v2.RandomResizedCrop(image_size, scale=scale, interpolation=mode)]
         else:
             steps = [v2.Resize(int(image_size / crop_pct), interpolation=mode), v2.CenterCrop(image_size)]
     elif recipe == "inception_crop":

@@ -1,4 +1,5 @@
-"""Learned absolute position embeddings: resampling to a new patch grid (fine-tuning at a new resolution)."""
+"""Position embeddings: resampling learned tables to a new patch grid (fine-tuning at a new resolution) and
+fixed 2-D sine-cosine tables (MAE)."""
 
 import math
 
@@ -59,3 +60,39 @@ def resample_abs_pos_embed(
     )
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_2d_pos_embed(
+    embed_dim: int, grid_size: int | tuple[int, int], cls_token: bool = False, temperature: float = 10000.0
+) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings of a patch grid, laid out as MAE's (He et al. 2021).
+
+    Row-major positions (row ``i``, column ``j``); the first D/2 channels encode the column ``j``, the
+    last D/2 the row ``i``, each as ``[sin(p * w_k) | cos(p * w_k)]`` with ``w_k = temperature ** (-k /
+    (D / 4))``, k = 0 .. D/4 - 1. Computed in float64 and returned in float32, as the official code
+    (facebookresearch/mae util/pos_embed.py:20-67 at efb2a80, whose meshgrid puts the column first).
+
+    Args:
+        embed_dim: D, a multiple of 4.
+        grid_size: (rows, columns) of patches, or one side of a square grid.
+        cls_token: prepend an all-zero row for the class token.
+
+    Returns:
+        [(1 if cls_token else 0) + rows * columns, D] float32.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"sincos_2d_pos_embed: embed_dim must be a multiple of 4, found {embed_dim}")
+    rows, cols = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    quarter = embed_dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    row, col = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )
+    halves = []
+    for position in (col.flatten(), row.flatten()):
+        angles = position[:, None] * omega[None, :]
+        halves += [angles.sin(), angles.cos()]
+    table = torch.cat(halves, dim=1)
+    if cls_token:
+        table = torch.cat([table.new_zeros(1, embed_dim), table])
+    return table.float()

@@ -4,7 +4,7 @@ Takes `browse.num_samples` samples of `browse.split` ("train": the training load
 "val": the evaluation preprocessing) exactly as the experiment's data module yields them, and writes one
 PNG per sample under `<run dir>/browse/`, with its target drawn in the task's terms:
 
-    classification   the image and its class name
+    classification   the image and its class name (also MAE pretraining, which reads classification data)
     detection        boxes with their category names (DETR's normalised boxes back in pixels)
     instance         boxes, names and instance masks
     panoptic         every segment's mask in its category's colour, with the box and name of each
@@ -45,10 +45,13 @@ from vtrain.tasks.segmentation import colorize
 
 log = logging.getLogger("vtrain")
 
+# the predictors' task kinds, and MAE, whose samples are labelled images like classification's
+SAMPLE_KINDS = KINDS | {"MaskedAutoencoderTask": "classification"}
+
 
 def _kind(cfg: DictConfig) -> str:
     target = str(cfg.task.get("_target_", ""))
-    kind = KINDS.get(target.rsplit(".", 1)[-1])
+    kind = SAMPLE_KINDS.get(target.rsplit(".", 1)[-1])
     if kind is None:
         raise ValueError(f"mode=browse does not know how to draw the samples of {target}")
     return kind

@@ -5,6 +5,7 @@ from vtrain.tasks.classification import ClassificationTask
 from vtrain.tasks.detection import DetectionTask
 from vtrain.tasks.generative import GenerativePretrainingTask
 from vtrain.tasks.instance import InstanceSegmentationTask
+from vtrain.tasks.masked_autoencoder import MaskedAutoencoderTask
 from vtrain.tasks.panoptic import PanopticTask
 from vtrain.tasks.segmentation import SegmentationTask
 from vtrain.tasks.super_resolution import SuperResolutionTask
@@ -14,6 +15,7 @@ __all__ = [
     "DetectionTask",
     "GenerativePretrainingTask",
     "InstanceSegmentationTask",
+    "MaskedAutoencoderTask",
     "PanopticTask",
     "SegmentationTask",
     "SuperResolutionTask",

@@ -17,6 +17,7 @@ from vtrain.tasks.common import (
     SchedulerFactory,
     check_num_classes,
     configure_optimizers,
+    layer_decay_groups,
     weight_decay_groups,
 )
 
@@ -48,6 +49,10 @@ class ClassificationTask(L.LightningModule):
         loss: training loss; accepts class indices or soft targets (Mixup). Default: cross-entropy.
         weight_decay: applied to weight matrices only (see `weight_decay_groups`).
         mixup: keyword arguments of `build_mixup` (mixup_alpha, cutmix_alpha, prob) or None.
+        layer_decay: layer-wise LR decay for fine-tuning a ViT-style model (facebookresearch/mae
+            FINETUNE.md:72, :91: 0.65 for ViT-B, 0.75 for L and H): of D blocks, block i (from 0) trains at
+            `layer_decay ** (D - i)` times the LR, the embeddings at `layer_decay ** (D + 1)`, the final norm
+            and head at the LR (see `layer_decay_groups`); None: one LR for all.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class ClassificationTask(L.LightningModule):
         loss: nn.Module | None = None,
         weight_decay: float = 0.0,
         mixup: dict[str, float] | None = None,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -67,6 +73,11 @@ class ClassificationTask(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(
+                f"ClassificationTask: task.layer_decay must be in (0, 1] or null, found {layer_decay}"
+            )
+        self.layer_decay = layer_decay
         self.mixup = build_mixup(num_classes, **mixup) if mixup else None
         top5 = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -116,5 +127,8 @@ class ClassificationTask(L.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = weight_decay_groups(self.model, self.weight_decay)
+        if self.layer_decay is not None:
+            groups = layer_decay_groups(self.model, self.weight_decay, self.layer_decay)
+        else:
+            groups = weight_decay_groups(self.model, self.weight_decay)
         return configure_optimizers(self, groups, self.optimizer_factory, self.scheduler_factory)

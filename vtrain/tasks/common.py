@@ -33,6 +33,57 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, skip_1d: bool = T
     return groups
 
 
+def vit_layer_id(name: str, num_layers: int) -> int:
+    """The depth of parameter ``name`` of a ViT-style model for layer-wise LR decay: 0 for the embeddings
+    (``cls_token``, ``pos_embed``, ``patch_embed.*``), ``i + 1`` for ``blocks.i.*``, ``num_layers`` (the
+    number of blocks + 1) for everything after the blocks (final norm, head; an MAE decoder too), as
+    BEiT's ``get_layer_id_for_vit`` that MAE's fine-tuning uses (facebookresearch/mae util/lr_decay.py:64-76
+    at efb2a80)."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def layer_decay_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float, skip_1d: bool = True
+) -> list[dict]:
+    """Parameter groups for layer-wise LR decay (Clark et al. 2020, ELECTRA; BEiT; MAE appendix A.1): the
+    parameters at depth ``l`` of ``L = len(model.blocks) + 1`` get ``lr_scale = layer_decay ** (L - l)``,
+    so the head trains at the full LR and each block below it at ``layer_decay`` times the one above; weight
+    decay as in :func:`weight_decay_groups`. The same groups as MAE's ``param_groups_lrd``
+    (util/lr_decay.py:15-61); :func:`configure_optimizers` multiplies each group's LR by its ``lr_scale``.
+
+    Raises:
+        ValueError: the model has no ``blocks`` (layer decay is defined for ViT-style encoders only).
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(
+            f"task.layer_decay needs a ViT-style model with `blocks`; {type(model).__name__} has none "
+            "(set task.layer_decay=null)"
+        )
+    num_layers = len(blocks) + 1
+    skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = (skip_1d and param.ndim <= 1) or name in skip_names
+        layer = vit_layer_id(name, num_layers)
+        group = groups.setdefault(
+            (layer, exempt),
+            {
+                "params": [],
+                "weight_decay": 0.0 if exempt else weight_decay,
+                "lr_scale": layer_decay ** (num_layers - layer),
+            },
+        )
+        group["params"].append(param)
+    return list(groups.values())
+
+
 def configure_optimizers(
     module: L.LightningModule,
     param_groups: list[dict],
@@ -41,8 +92,10 @@ def configure_optimizers(
 ) -> dict:
     """Build the optimizer over `param_groups` and a per-step scheduler that knows the run's total number
     of optimizer steps (from the Trainer, so `max_epochs`, `max_steps`, accumulation and the number of
-    devices are all accounted for)."""
+    devices are all accounted for). A group's `lr_scale` (layer-wise LR decay) multiplies its LR."""
     opt = optimizer(param_groups)
+    for group in opt.param_groups:  # layer-wise LR decay: before the scheduler records the initial LRs
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
     if scheduler is None:
         return {"optimizer": opt}
     trainer = module.trainer
