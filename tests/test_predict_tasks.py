@@ -21,6 +21,7 @@ from vtrain.cli import run
 from vtrain.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_NAMES
 from vtrain.data.palette import Palette
 from vtrain.data.pixels import build_pixel_transform
+from vtrain.data.tiny import build_tiny
 
 INSTANCE = ["experiment=maskrcnn_tiny", *SMOKE]
 PANOPTIC = ["experiment=detr_panoptic_tiny", *SMOKE]
@@ -40,7 +41,10 @@ def _decoded(path: Path) -> np.ndarray:
 
 
 def _first_images(folder: Path, count: int, pattern: str = "*") -> Path:
-    """A folder of links to the first `count` images of `folder` (sorted), for a short prediction run."""
+    """A folder of links to the first `count` images of `folder` (sorted), for a short prediction run;
+    `folder` is in a tiny set under the data root, built here if no test has built it yet."""
+    tiny = next(parent for parent in folder.parents if parent.name.endswith("_tiny"))
+    build_tiny(tiny.name, tiny)
     chosen = sorted(p for p in folder.rglob(pattern) if p.suffix.lower() in (".jpg", ".png"))[:count]
     assert chosen, f"no images in {folder}"
     out = folder.parent / f"predict_inputs_{folder.name}_{count}"
@@ -232,3 +236,65 @@ def test_igpt_bits_per_dim_completions_and_samples(make_cfg, tmp_path, tmp_path_
             left = 2 + k * (16 * scale + 2)
             completion = grid[2 : 2 + 16 * scale : scale, left : left + 16 * scale : scale]
             assert (completion[:8] == quantised[:8]).all()
+
+
+# From official-format files (model.pretrained=FILE, no vtrain checkpoint): the layouts the model loaders
+# take, with random weights.
+
+
+def test_super_resolution_with_official_ttsr_weights(make_cfg, tmp_path, data_dir):
+    from tests.models.test_ttsr import official_keys
+
+    generator = torch.Generator().manual_seed(0)
+    official = {k: 0.01 * torch.randn(s, generator=generator) for k, s in official_keys((1, 1, 1, 1)).items()}
+    weights = tmp_path / "TTSR.pt"
+    torch.save(official, weights)
+    cufed5 = data_dir / "cufed_tiny" / "test" / "CUFED5"
+    build_tiny("cufed_tiny", data_dir / "cufed_tiny")
+    hr, ref = sorted(cufed5.glob("*_0.png"))[0], sorted(cufed5.glob("*_1.png"))[0]
+    overrides = ["experiment=ttsr_rec_cufed", "data=cufed_tiny", "model.num_res_blocks=[1,1,1,1]"]
+    args = [f"model.pretrained={weights}", f"predict.input={hr}", f"predict.ref={ref}", "predict.hr=true"]
+    (record,) = _predict(make_cfg, tmp_path / "pred", [*overrides, *args])["predictions"]
+    assert record["output_size"] == [4 * side for side in record["lr_size"]]
+    assert np.isfinite(record["metrics"]["psnr_y"])
+
+
+def test_igpt_with_hugging_face_weights_reads_their_palette(make_cfg, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ImageGPTConfig(vocab_size=513, n_positions=1024, n_embd=64, n_layer=1, n_head=4)
+    weights = tmp_path / "pytorch_model.bin"
+    torch.save(transformers.ImageGPTForCausalImageModeling(config).state_dict(), weights)
+    centers = np.random.default_rng(0).uniform(-1, 1, (512, 3)).astype(np.float32)
+    np.save(tmp_path / "kmeans_centers.npy", centers)  # the palette shipped beside the weights
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+        inputs / "a.png"
+    )
+    data = ["data=cifar10_pixels_tiny", "data.image_size=32", "data.palette_size=512"]
+    model = ["+model.depth=1", "+model.embed_dim=64", "+model.num_heads=4", "task.probe=null"]
+    args = [f"model.pretrained={weights}", f"predict.input={inputs}", "predict.num_completions=1"]
+    result = _predict(make_cfg, tmp_path / "pred", ["experiment=igpt_s_cifar10", *data, *model, *args])
+    (record,) = result["predictions"]
+    assert record["bpd"] > 0
+    # the picture's first image is the input quantised with the shipped palette, in its own order
+    palette = Palette(torch.from_numpy(centers))
+    pixels = build_pixel_transform(32, "imagenet", train=False)(Image.open(inputs / "a.png"))
+    expected = palette.to_images(palette.quantize_images(pixels.as_subclass(torch.Tensor))[None], 32)[0]
+    grid = _decoded(tmp_path / "pred" / "predictions" / record["picture"])
+    assert (grid[2 : 2 + 128 : 4, 2 : 2 + 128 : 4] == expected.permute(1, 2, 0).numpy()).all()
+
+
+def test_instance_segmentation_with_a_torchvision_state_dict(make_cfg, tmp_path, data_dir):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg([*INSTANCE])
+    weights = tmp_path / "maskrcnn.pth"
+    torch.save(instantiate(cfg.model).state_dict(), weights)  # torchvision's MaskRCNN keys
+    inputs = _first_images(data_dir / "coco_tiny" / "train2017", 1)
+    args = [f"model.pretrained={weights}", f"predict.input={inputs}", "+model.box_score_thresh=0.0"]
+    result = _predict(make_cfg, tmp_path / "pred", [*INSTANCE, *args, "predict.score_threshold=0"])
+    (record,) = result["predictions"]
+    assert result["weights"] == f"model.pretrained={weights}"
+    width, height = record["size"]
+    assert all(d["segmentation"]["size"] == [height, width] for d in record["detections"])
