@@ -298,6 +298,10 @@ def main(argv: list[str]) -> None:
     rows = ["| what | seconds (median) | min-max | peak memory (MiB) |", "|---|---:|---:|---:|"]
     times = {}
     if args.reference_dir:
+        if not (args.reference_dir / "model" / "TTSR.py").is_file():
+            raise SystemExit(
+                f"--reference-dir {args.reference_dir}: no model/TTSR.py (a researchmm/TTSR checkout)"
+            )
         for _ in range(args.warmup):
             inference(args, device)()
         found, diffs = against_official(args, device)
