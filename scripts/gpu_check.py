@@ -37,6 +37,10 @@ TINY_EXPERIMENTS = (
     "maskrcnn_tiny",
     "fpt_maskrcnn_tiny",
 )
+# --dry-run trains one tiny experiment per family (all ten take over five minutes on a 2-core CPU)
+DRY_RUN_EXPERIMENTS = (
+    "vit_cifar10_tiny", "igpt_tiny", "lambda_tiny", "detr_coco_tiny", "ttsr_tiny", "fpt_tiny",
+)  # fmt: skip
 # what else an experiment needs to stay short: iGPT's end-of-training linear probe reads the whole set
 SHORTEN = {"igpt_tiny": ["task.probe.max_images=64", "task.samples.num=2"]}
 THROUGHPUT_TITLE = "GPU: training throughput and peak memory against the installable references"
@@ -95,8 +99,11 @@ def last_train_loss(out: Path) -> float | None:
     metrics = out / "metrics.json"
     if not metrics.is_file():
         return None
-    values = json.loads(metrics.read_text())
-    losses = [v for k, v in values.items() if k.startswith("train/loss") and isinstance(v, float)]
+    values = {k: v for k, v in json.loads(metrics.read_text()).items() if isinstance(v, float)}
+    for key in ("train/loss_epoch", "train/loss", "train/loss_step"):  # the total, where it is logged
+        if key in values:
+            return values[key]
+    losses = [v for k, v in values.items() if k.startswith("train/loss")]
     return losses[0] if losses else None
 
 
@@ -228,13 +235,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("command", choices=["train", "report"])
     parser.add_argument("--out", type=Path, required=True, help="the results directory of gpu_check.sh")
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes")
-    parser.add_argument("--experiments", nargs="+", default=list(TINY_EXPERIMENTS))
+    parser.add_argument("--experiments", nargs="+", default=None, help="default: all tiny (dry run: 6)")
     parser.add_argument("--batches", type=int, default=None, help="training batches per experiment (8 / 1)")
     parser.add_argument("--limit", type=int, default=60, help="seconds allowed per experiment")
     parser.add_argument("--output", type=Path, default=None, help="markdown file for the GPU sections")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.batches = args.batches or (1 if args.dry_run else 8)
+    args.experiments = args.experiments or list(DRY_RUN_EXPERIMENTS if args.dry_run else TINY_EXPERIMENTS)
     train(args) if args.command == "train" else report(args)
 
 

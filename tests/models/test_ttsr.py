@@ -181,6 +181,8 @@ def test_search_equals_the_unfolded_relevance_search(monkeypatch, band_elements)
     picked = relevance.gather(1, hard[:, None])[:, 0]
     assert (best - picked).abs().max() < 1e-5
     assert (hard == official).float().mean() > 0.99
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(most_relevant(query, key), hard)  # searched in float32 under bf16 autocast
     S, T3, T2, T1 = SearchTransfer()(query, key, lv1, lv2, key)
     torch.testing.assert_close(S.flatten(1), best, atol=1e-5, rtol=0)
     expected = F.fold(patches_at(lv1, hard, 12, 4, 4), (36, 52), 12, padding=4, stride=4) / 9

@@ -59,7 +59,13 @@ def patch_norms(x: torch.Tensor) -> torch.Tensor:
 def most_relevant(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Hard attention: for every 3x3 patch of query [B, C, h, w], the position (row-major in [hr, wr]) of
     the 3x3 patch of key [B, C, hr, wr] with the highest cosine similarity (both zero-padded by 1, as
-    ``F.unfold(x, 3, padding=1)``): [B, h*w]. No gradient (an argmax has none)."""
+    ``F.unfold(x, 3, padding=1)``): [B, h*w]. No gradient (an argmax has none). Always in float32, also
+    under bf16 autocast: at bf16's 3 significant digits most picks would be ties."""
+    with torch.autocast(query.device.type, enabled=False):
+        return _most_relevant(query.float(), key.float())
+
+
+def _most_relevant(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     b, _, h, w = query.shape
     hr, wr = key.shape[-2:]
     q = F.pad(query, (1, 1, 1, 1))  # [B, C, h+2, w+2]
