@@ -217,10 +217,11 @@ def report(args: argparse.Namespace) -> None:
         "(and peak memory) over that model's. No installable reference exists for TTSR and FPT: FPT is "
         "compared with the same Mask R-CNN without it.\n\n" + throughput_table(results)
     )
+    accelerator = "" if args.dry_run else " trainer.accelerator=gpu"
     check = (
         f"Written by `{command}` {where}. `pytest -m gpu` and each tiny experiment as `python -m vtrain "
-        "experiment=X debug=smoke trainer.accelerator=gpu trainer.precision=bf16-mixed` for a few "
-        "steps.\n\n" + check_table(steps, trainings)
+        f"experiment=X debug=smoke{accelerator} trainer.precision=bf16-mixed` for a few steps (the "
+        "arguments are in scripts/gpu_check.py).\n\n" + check_table(steps, trainings)
     )
     if args.output:
         bench.write_section(args.output, THROUGHPUT_TITLE, throughput)
