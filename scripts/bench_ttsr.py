@@ -155,8 +155,9 @@ def differing_picks(args: argparse.Namespace, device: torch.device, batch: dict)
 
 def timed_rounds(models: dict[str, Callable], batch: dict, repeats: int, device: torch.device) -> dict:
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, forward in models.items():
+    for round_ in range(repeats):
+        order = list(models.items())
+        for name, forward in order if round_ % 2 == 0 else order[::-1]:  # neither always goes first
             start = time.perf_counter()
             with torch.no_grad():
                 forward(batch["lr"], batch["lr_up"], batch["ref"], batch["ref_down_up"])

@@ -90,6 +90,23 @@ def _most_relevant(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.cat(hard, dim=1)
 
 
+def picked_inner_products(query: torch.Tensor, key: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """Inner product of each zero-padded 3x3 patch of query [B, C, h, w] with the key patch it picked
+    (hard [B, h*w], positions in [hr, wr]): the sum over the 9 offsets of the pixels' inner products, one
+    [B, C, h*w] slice at a time, so neither side is unfolded: [B, h*w]. Differentiable in both."""
+    h, w = query.shape[-2:]
+    q = F.pad(query, (1, 1, 1, 1))
+    k = F.pad(key, (1, 1, 1, 1)).flatten(2)  # [B, C, (hr+2)(wr+2)]
+    wr = key.shape[-1]
+    rows, cols = hard // wr, hard % wr  # the picked patch's top-left pixel in padded coordinates
+    total = query.new_zeros(hard.shape)
+    for a in range(3):
+        for d in range(3):
+            index = ((rows + a) * (wr + 2) + cols + d)[:, None].expand(-1, k.shape[1], -1)
+            total = total + (q[:, :, a : a + h, d : d + w].flatten(2) * k.gather(2, index)).sum(1)
+    return total
+
+
 class SearchTransfer(nn.Module):
     """Search (relevance embedding + hard / soft attention) and texture transfer; no parameters."""
 
@@ -116,10 +133,8 @@ class SearchTransfer(nn.Module):
         hard = most_relevant(lr_up_lv3, ref_down_up_lv3)  # [B, h*w]
         # The soft attention is the relevance of the chosen pair, computed from the two patches (so that
         # gradients reach Q and K through it as they do through the official max over all pairs).
-        query = F.unfold(lr_up_lv3, kernel_size=3, padding=1)  # [B, C*9, h*w]
-        key = patches_at(ref_down_up_lv3, hard, 3, 1, 1)
         norms = patch_norms(lr_up_lv3).flatten(1) * patch_norms(ref_down_up_lv3).flatten(1).gather(1, hard)
-        soft = (query * key).sum(1) / norms  # [B, h*w]
+        soft = picked_inner_products(lr_up_lv3, ref_down_up_lv3, hard) / norms  # [B, h*w]
 
         # The same reference positions at three scales: 3x3 patches of relu3_1, 6x6 (stride 2) of relu2_1,
         # 12x12 (stride 4) of relu1_1; folding sums the overlapping patches, 9 per pixel in each case.
