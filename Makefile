@@ -7,7 +7,7 @@ PY := $(BIN)/python
 # extra pytest arguments, e.g. `make test PYTEST_ARGS="-k vit -x"`
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test test-slow test-all lint format bench clean
+.PHONY: install install-dev demo test test-slow test-all lint format bench gpu-check gpu-check-dry-run clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ bench: install-dev
 	$(PY) scripts/bench.py igpt --output docs/benchmarks.md
 	$(PY) scripts/bench.py ttsr --output docs/benchmarks.md
 	$(PY) scripts/bench.py fpt --output docs/benchmarks.md
+
+## On one GPU, within 8 minutes: GPU tests, throughput against timm / transformers, a short bf16 training of
+## each tiny experiment; writes the GPU sections of docs/benchmarks.md. The dry run: the same on CPU.
+gpu-check: install-dev
+	scripts/gpu_check.sh
+
+gpu-check-dry-run: install-dev
+	scripts/gpu_check.sh --dry-run
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -73,14 +73,24 @@ def detr_step(name: str, batch: int, device: torch.device, precision: str) -> Ca
     return train_step(model, device, precision, loss)
 
 
-def train_step(model: nn.Module, device: torch.device, precision: str, loss_fn) -> Callable[[], None]:
+def train_step(
+    model: nn.Module,
+    device: torch.device,
+    precision: str,
+    loss_fn,
+    compile: bool = False,
+    backend: str = "inductor",
+) -> Callable[[], None]:
+    """One AdamW step of `loss_fn(model)` under bf16 autocast or in fp32; `compile`: the model's forward
+    through `torch.compile` (the loss and the optimizer stay eager), compiled on the first step."""
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = torch.bfloat16 if precision == "bf16" else None
+    forward = torch.compile(model, backend=backend) if compile else model
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(model)
+            loss = loss_fn(forward)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -193,7 +203,7 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 # Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
 # `write_section`, `peak_rss_kib` and `train_step` from here.
-MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt")
+MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput")
 
 
 def main() -> None:

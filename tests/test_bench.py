@@ -1,8 +1,10 @@
-"""scripts/bench.py runs end to end and rewrites only its own section of the benchmark document."""
+"""scripts/bench.py runs end to end and rewrites only its own section of the benchmark document;
+scripts/gpu_check.sh runs its steps on CPU (--dry-run) and reports them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +50,87 @@ def test_vit_benchmark_runs_and_writes_its_table(tmp_path):
     text = doc.read_text()
     assert "## ViT-S/16 training throughput and memory against timm" in text
     assert "| vtrain `vit_s16` |" in text and "| timm `vit_small_patch16_224` |" in text
+
+
+gpu_spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(gpu_spec)
+gpu_spec.loader.exec_module(gpu_check)
+
+
+def test_gpu_report_gives_vtrain_over_each_reference_and_every_step(tmp_path):
+    common = {
+        "family": "vit",
+        "precision": "bf16",
+        "compile": True,
+        "batch": 128,
+        "size": 224,
+        "device": "H200",
+    }
+    lines = [
+        {**common, "name": "vtrain vit_s16", "img_s": 3000.0, "min": 2900.0, "max": 3100.0, "rounds": 3,
+         "peak_mib": 9000.0},
+        {**common, "name": "timm vit_small_patch16_224", "img_s": 2500.0, "min": 2400.0, "max": 2600.0,
+         "rounds": 3, "peak_mib": 10000.0},
+        {**common, "family": "detr", "name": "transformers DetrForObjectDetection",
+         "error": "ImportError: x"},
+    ]  # fmt: skip
+    (tmp_path / "throughput.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "steps.tsv").write_text("pytest_gpu\tok\t40\nthroughput_fpt\ttimeout after 50 s\t50\n")
+    training = {"experiment": "ttsr_tiny", "device": "H200", "status": "ok", "loss": 0.25, "seconds": 9.5}
+    (tmp_path / "train.jsonl").write_text(json.dumps({**training, "peak_mib": 812}) + "\n")
+    doc = tmp_path / "benchmarks.md"
+    gpu_check.main(["report", "--out", str(tmp_path), "--output", str(doc)])
+    text = doc.read_text()
+    assert f"## {gpu_check.THROUGHPUT_TITLE}" in text and f"## {gpu_check.CHECK_TITLE}" in text
+    assert "| vit | timm vit_small_patch16_224 | bf16 | on | 128 | 2500.0 | 2400.0-2600.0 | 10000 | " in text
+    assert "speed 1.20, memory 0.90 |" in text
+    assert "| detr | transformers DetrForObjectDetection | bf16 | on | 128 | failed: ImportError: x |" in text
+    assert "| throughput_fpt | timeout after 50 s | 50 |" in text
+    assert "| ttsr_tiny | ok | 9.5 | 0.2500 | 812 |" in text
+
+
+def test_throughput_refuses_an_unknown_combination():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "throughput",
+            "--family",
+            "vit",
+            "--combos",
+            "fp16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert (
+        result.returncode == 2
+        and "--combos: expected fp32, bf16, fp32+compile or bf16+compile" in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_step_on_cpu(tmp_path):
+    """scripts/gpu_check.sh --dry-run: the GPU check's steps at toy sizes on CPU (a few minutes), every step
+    ok, every family measured, one tiny experiment per family trained."""
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "BUDGET": "900"}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
+    assert all(status == "ok" for _, status, _ in steps), steps
+    families = {json.loads(line)["family"] for line in (out / "throughput.jsonl").read_text().splitlines()}
+    assert families == {"vit", "igpt", "lambda", "ttsr", "detr", "fpt"}
+    trained = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert [t["experiment"] for t in trained] == list(gpu_check.DRY_RUN_EXPERIMENTS)
+    assert all(t["status"] == "ok" for t in trained), trained
+    text = (out / "benchmarks.md").read_text()
+    assert f"## {gpu_check.THROUGHPUT_TITLE}" in text and f"## {gpu_check.CHECK_TITLE}" in text

@@ -10,14 +10,14 @@ import torchvision
 from PIL import Image
 
 import vtrain
-from vtrain.models.ttsr import LTE, TTSR, Discriminator, SearchTransfer, load_pretrained
+from vtrain.models.ttsr import LTE, TTSR, Discriminator, SearchTransfer, load_pretrained, search_transfer
 from vtrain.models.ttsr.losses import (
     PerceptualLoss,
     critic_loss,
     generator_adversarial_loss,
     transferal_perceptual_loss,
 )
-from vtrain.models.ttsr.search_transfer import patches_at
+from vtrain.models.ttsr.search_transfer import most_relevant, patches_at
 
 
 def official_keys(blocks=(16, 16, 8, 4), n: int = 64) -> dict[str, tuple[int, ...]]:
@@ -154,6 +154,43 @@ def test_search_transfer_finds_each_patch_in_an_identical_reference():
     torch.testing.assert_close(T3[..., 1:-1, 1:-1], lv3[..., 1:-1, 1:-1])
     torch.testing.assert_close(T2[..., 2:-2, 2:-2], lv2[..., 2:-2, 2:-2])
     torch.testing.assert_close(T1[..., 4:-4, 4:-4], lv1[..., 4:-4, 4:-4])
+
+
+def unfolded_relevance(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The relevance as researchmm/TTSR's model/SearchTransfer.py:24-31 (550e4c9) computes it: normalised
+    unfolded 3x3 patches, every key patch against every query patch: [B, hr*wr, h*w]."""
+    q = F.normalize(F.unfold(query, kernel_size=3, padding=1), dim=1)
+    k = F.normalize(F.unfold(key, kernel_size=3, padding=1), dim=1)
+    return torch.bmm(k.transpose(1, 2), q)
+
+
+@pytest.mark.parametrize("band_elements", [2**26, 3000])  # one band; a band of one query row
+def test_search_equals_the_unfolded_relevance_search(monkeypatch, band_elements):
+    """The Gram-matrix search picks the official argmax (up to float32 rounding: where two reference
+    patches tie within 1e-5, either is the argmax), its soft attention is the official max, and the
+    textures are those of the official picks; gradients reach Q and K through S as through the max."""
+    monkeypatch.setattr(search_transfer, "BAND_ELEMENTS", band_elements)
+    g = torch.Generator().manual_seed(0)
+    # non-negative, spatially smooth features like VGG's relu3_1, of sizes that are not multiples
+    query = F.avg_pool2d(torch.randn(2, 256, 9, 13, generator=g).relu(), 3, 1, 1).requires_grad_(True)
+    key = F.avg_pool2d(torch.randn(2, 256, 11, 7, generator=g).relu(), 3, 1, 1).requires_grad_(True)
+    lv2, lv1 = torch.randn(2, 128, 22, 14, generator=g), torch.randn(2, 64, 44, 28, generator=g)
+    relevance = unfolded_relevance(query, key)
+    best, official = relevance.max(dim=1)
+    hard = most_relevant(query, key)
+    picked = relevance.gather(1, hard[:, None])[:, 0]
+    assert (best - picked).abs().max() < 1e-5
+    assert (hard == official).float().mean() > 0.99
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(most_relevant(query, key), hard)  # searched in float32 under bf16 autocast
+    S, T3, T2, T1 = SearchTransfer()(query, key, lv1, lv2, key)
+    torch.testing.assert_close(S.flatten(1), best, atol=1e-5, rtol=0)
+    expected = F.fold(patches_at(lv1, hard, 12, 4, 4), (36, 52), 12, padding=4, stride=4) / 9
+    torch.testing.assert_close(T1, expected)
+    (grad_q, grad_k) = torch.autograd.grad(S.sum(), (query, key))
+    (want_q, want_k) = torch.autograd.grad(picked.sum(), (query, key))
+    torch.testing.assert_close(grad_q, want_q, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad_k, want_k, atol=1e-5, rtol=1e-4)
 
 
 def test_patches_at_equals_unfolding_then_picking():
