@@ -320,7 +320,7 @@ def main(argv: list[str]) -> None:
     where = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
-        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} thread(s)"
     )
     command = " ".join(["python scripts/bench.py ttsr", *argv])
     positions = (h // 4) * (w // 4)
