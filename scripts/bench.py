@@ -103,6 +103,21 @@ def train_step(
 BENCHMARKS = {"vit": (vit_step, ("vtrain", "timm")), "detr": (detr_step, ("vtrain",))}
 
 
+def alternating_rates(
+    steps: dict[str, Callable[[], None]], rounds: int, steps_per_round: int, batch_size: int
+) -> dict[str, list[float]]:
+    """Images/s of each contender in every round, the contenders timed in turn within each round (so that
+    the machine's drift hits them alike)."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(steps_per_round):
+                step()
+            rates[name].append(steps_per_round * batch_size / (time.perf_counter() - start))
+    return rates
+
+
 def throughput(args: argparse.Namespace) -> dict[str, list[float]]:
     """Images/s per round for every contender, the contenders timed in turn within each round."""
     make, names = BENCHMARKS[args.benchmark]
@@ -112,14 +127,7 @@ def throughput(args: argparse.Namespace) -> dict[str, list[float]]:
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
-    return rates
+    return alternating_rates(steps, args.rounds, args.steps, args.batch_size)
 
 
 def peak_memory_mib(args: argparse.Namespace, name: str) -> float:

@@ -106,14 +106,7 @@ def training_rates(args: argparse.Namespace, device: torch.device) -> dict[str, 
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
-    return rates
+    return bench.alternating_rates(steps, args.rounds, args.steps, args.batch_size)
 
 
 def main(argv: list[str]) -> None:

@@ -205,13 +205,7 @@ def measure(args: argparse.Namespace, combo: str, write: Callable[[dict], None])
         except Exception as error:  # one contender failing (not installed, compile error) leaves the rest
             traceback.print_exc()
             write({**common, "name": name, "error": f"{type(error).__name__}: {error}"[:300]})
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
+    rates = bench.alternating_rates(steps, args.rounds, args.steps, args.batch_size)
     for name, found in rates.items():
         rate = {"img_s": statistics.median(found), "min": min(found), "max": max(found)}
         write(
