@@ -39,7 +39,7 @@ from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD
 from vtrain.io import atomic_write_text
 from vtrain.modes.common import data_class_names
 from vtrain.predictors import KINDS
-from vtrain.predictors.pictures import category_colour, named_boxes, overlay
+from vtrain.predictors.pictures import category_colour, enlarged, named_boxes, overlay, repeated
 from vtrain.scaling import apply_batch_plan
 from vtrain.tasks.segmentation import colorize
 
@@ -113,11 +113,10 @@ class Drawer:
         picture = self.pixels(image[:, :height, :width])
         boxes = self._boxes_in_pixels(target, height, width)
         record = {"size": [height, width], "boxes_xyxy": _rounded(boxes)}
-        picture, scale = _readable(picture)
+        picture, scale = enlarged(picture, 384)
         labels = [int(c) for c in target["labels"]]
         if with_masks and len(labels):
-            masks = target["masks"][:, :height, :width].bool().cpu()
-            masks = masks.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+            masks = repeated(target["masks"][:, :height, :width].bool().cpu(), scale)
             picture = overlay(picture, masks, _colours(self, labels))
         names = [self.name(c) for c in labels]
         if len(labels):
@@ -130,14 +129,14 @@ class Drawer:
 
     def _instance(self, item: tuple) -> tuple[torch.Tensor, dict]:
         image, target = item
-        picture, scale = _readable((image.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
+        picture, scale = enlarged((image.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8), 384)
         boxes = target["boxes"].float().cpu()
         labels = [int(c) for c in target["labels"]]
         names = [self.name(c) for c in labels]
         if len(labels):
             colours = _colours(self, labels)
             if "masks" in target:
-                masks = target["masks"].bool().cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+                masks = repeated(target["masks"].bool().cpu(), scale)
                 picture = overlay(picture, masks, colours)
             picture = named_boxes(picture, boxes * scale, names, colours)
         record = {"size": list(image.shape[1:]), "boxes_xyxy": _rounded(boxes)}
@@ -169,9 +168,8 @@ class Drawer:
         palette = self.datamodule.palette
         size = int(self.image_size or round(len(tokens) ** 0.5))
         image = palette.to_images(tokens[None].cpu(), size)[0]
-        picture = F.interpolate(image[None].float(), scale_factor=max(1, 128 // size), mode="nearest")[0]
         label = int(label)
-        picture = _caption(picture.to(torch.uint8), self.name(label))
+        picture = _caption(image.to(torch.uint8), self.name(label))
         record = {"label": label, "name": self.name(label), "tokens": len(tokens), "palette": len(palette)}
         return picture, record
 
@@ -186,14 +184,6 @@ def _rounded(boxes: torch.Tensor) -> list[list[float]]:
     return [[round(float(v), 1) for v in box] for box in boxes.tolist()]
 
 
-def _readable(picture: torch.Tensor, short_side: int = 384) -> tuple[torch.Tensor, int]:
-    """A small picture enlarged by a whole factor (nearest neighbour), so that box names are readable."""
-    scale = max(1, short_side // min(picture.shape[1:]))
-    if scale > 1:
-        picture = picture.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    return picture, scale
-
-
 def _grey_palette(labels: torch.Tensor) -> torch.Tensor:
     count = int(labels[labels < 255].max()) + 1 if (labels < 255).any() else 1
     return (torch.arange(count) * 255 // max(count - 1, 1)).to(torch.uint8)[:, None].expand(count, 3)
@@ -201,9 +191,7 @@ def _grey_palette(labels: torch.Tensor) -> torch.Tensor:
 
 def _caption(picture: torch.Tensor, text: str) -> torch.Tensor:
     """The picture with `text` over a dark band at its top."""
-    image = to_pil_image(picture)
-    if image.width < 96:  # CIFAR-sized: enlarge so that the name is readable
-        image = image.resize((image.width * 4, image.height * 4), resample=0)
+    image = to_pil_image(enlarged(picture, 128)[0])  # CIFAR-sized: enlarged so that the name is readable
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 0, image.width, 12), fill=(0, 0, 0))
     draw.text((2, 0), text, fill=(255, 255, 255))

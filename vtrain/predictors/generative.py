@@ -7,7 +7,6 @@ else the data module's (`data.palette_path`, or the palette fitted on the data).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torchvision.utils import make_grid, save_image
 from vtrain.data.palette import Palette
 from vtrain.data.pixels import build_pixel_transform
 from vtrain.predictors.base import Predictor, Size
+from vtrain.predictors.pictures import enlarged
 from vtrain.tasks.generative import bits_per_dim
 
 
@@ -89,13 +89,8 @@ class GenerativePredictor(Predictor):
         rows = [record["_tokens"][None]]
         if "_completions" in record:
             rows.append(record["_completions"])
-        images = self._enlarged(self.palette.to_images(torch.cat(rows), self.image_size))
+        images = enlarged(self.palette.to_images(torch.cat(rows), self.image_size), 128)[0]
         return to_pil_image(make_grid(images, nrow=len(images), padding=2, pad_value=255))
-
-    def _enlarged(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images [N, 3, S, S] with each pixel repeated to at least 128 pixels a side (legible)."""
-        scale = max(1, math.ceil(128 / self.image_size))
-        return images.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
 
     def finish(self, task: Any, out_dir: Path) -> dict[str, Any]:
         if not self.num_samples or task.objective != "autoregressive":
@@ -107,7 +102,7 @@ class GenerativePredictor(Predictor):
             top_k=self.sample_top_k,
             generator=self._generator(device, 0),
         )
-        images = self._enlarged(self.palette.to_images(samples.cpu(), self.image_size)).float() / 255
+        images = enlarged(self.palette.to_images(samples.cpu(), self.image_size), 128)[0].float() / 255
         save_image(
             make_grid(images, nrow=min(8, len(images)), padding=2, pad_value=1.0), out_dir / "samples.png"
         )

@@ -15,7 +15,7 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from vtrain.predictors.base import Predictor, Size
 from vtrain.predictors.detection import detection_records, write_coco_results
-from vtrain.predictors.pictures import category_colour, enlarged, named_boxes, overlay
+from vtrain.predictors.pictures import category_colour, enlarged, named_boxes, overlay, repeated
 
 # a pixel is the instance's where its mask probability is at least this (torchvision's and COCO evaluation's)
 MASK_THRESHOLD = 0.5
@@ -63,8 +63,7 @@ class InstancePredictor(Predictor):
             return shown
         colours = [category_colour(d["category_id"]) for d in detections]
         if "_mask" in detections[0]:
-            masks = torch.stack([d["_mask"] for d in detections])
-            masks = masks.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+            masks = repeated(torch.stack([d["_mask"] for d in detections]), scale)
             picture = overlay(picture, masks, colours)
         boxes = torch.tensor([d["box"] for d in detections]) * scale
         labels = [f"{d['name']} {d['score']:.2f}" for d in detections]

@@ -15,7 +15,7 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from vtrain.data.coco_names import COCO_PANOPTIC_COLOURS
 from vtrain.predictors.base import Predictor, Size
 from vtrain.predictors.detection import detr_input
-from vtrain.predictors.pictures import category_colour, enlarged, overlay
+from vtrain.predictors.pictures import category_colour, enlarged, overlay, repeated
 
 
 def ids_to_rgb(ids: torch.Tensor) -> np.ndarray:
@@ -77,7 +77,7 @@ class PanopticPredictor(Predictor):
         shown, scale = enlarged(image, 384)
         if not segments:
             return shown
-        ids = record["_segmentation"].repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+        ids = repeated(record["_segmentation"], scale)
         masks = ids[None] == torch.tensor([s["id"] for s in segments])[:, None, None]
         colours = [category_colour(s["category_id"], COCO_PANOPTIC_COLOURS) for s in segments]
         return to_pil_image(overlay(pil_to_tensor(shown), masks, colours, alpha=0.6))

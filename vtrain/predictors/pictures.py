@@ -12,11 +12,22 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 Colour = tuple[int, int, int]
 
 
-def enlarged(image: Image.Image, short_side: int) -> tuple[Image.Image, int]:
-    """`image` enlarged by the smallest whole factor that makes its short side at least `short_side`
-    (pixels repeated, so a small input stays sharp and its labels legible), and that factor."""
-    scale = max(1, -(-short_side // min(image.size)))
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST), scale
+def enlarged(picture: Image.Image | torch.Tensor, short_side: int) -> tuple[Image.Image | torch.Tensor, int]:
+    """`picture` (a PIL image, or a uint8 tensor [..., H, W]) enlarged by the smallest whole factor that
+    makes its short side at least `short_side`, and that factor. Pixels are repeated, so a small input stays
+    sharp and the labels drawn on it legible."""
+    if isinstance(picture, Image.Image):
+        scale = max(1, -(-short_side // min(picture.size)))
+        return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST), scale
+    scale = max(1, -(-short_side // min(picture.shape[-2:])))
+    return repeated(picture, scale), scale
+
+
+def repeated(picture: torch.Tensor, scale: int) -> torch.Tensor:
+    """[..., H, W] -> [..., scale * H, scale * W], each pixel (or mask value) repeated scale x scale."""
+    if scale == 1:
+        return picture
+    return picture.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
 
 
 def category_colour(category: int, known: Mapping[int, Sequence[int]] | None = None) -> Colour:
