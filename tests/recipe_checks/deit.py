@@ -24,7 +24,8 @@ from torchvision.transforms import v2
 
 from tests.recipe_checks import recipe_check
 from vtrain.data.sampler import RepeatedAugmentationSampler
-from vtrain.models.vit import DistilledVisionTransformer, VisionTransformer
+from vtrain.models.deit import DistilledVisionTransformer
+from vtrain.models.vit import VisionTransformer
 from vtrain.scaling import apply_batch_plan
 from vtrain.tasks.classification import build_mixup
 from vtrain.tasks.common import weight_decay_groups

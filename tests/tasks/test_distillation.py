@@ -20,8 +20,9 @@ from tests.conftest import SMOKE
 from tests.numerics import assert_close_to_scale
 from vtrain.checkpoint import load_checkpoint
 from vtrain.cli import run
+from vtrain.models.deit import DistilledVisionTransformer
 from vtrain.models.pretrained import MissingWeightsError
-from vtrain.models.vit import DistilledVisionTransformer, VisionTransformer
+from vtrain.models.vit import VisionTransformer
 from vtrain.tasks import ClassificationTask
 from vtrain.tasks.distillation import Distillation, build_teacher
 

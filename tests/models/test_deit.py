@@ -11,7 +11,7 @@ from timm.models.deit import VisionTransformerDistilled
 
 from tests.numerics import assert_close_to_scale
 from vtrain.models import create_model
-from vtrain.models.vit import DistilledVisionTransformer
+from vtrain.models.deit import DistilledVisionTransformer
 
 # 32 x 32 images, 8 x 8 patches -> 16 patch tokens + class and distillation tokens
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)

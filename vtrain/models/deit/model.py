@@ -1,8 +1,8 @@
 """DeiT's distilled ViT (Touvron et al. 2020, "Training data-efficient image transformers & distillation
-through attention", section 5): a second learned token, the distillation token, joins the class token in
+through attention", section 4): a second learned token, the distillation token, joins the class token in
 front of the patch tokens; the class token's head learns from the labels and the distillation token's head
-(``head_dist``) from a teacher. Training returns both heads' logits, inference their mean (section 5.2,
-"at test time ... we add the softmax output by the two classifiers"; the official code averages the logits).
+(``head_dist``) from a teacher. Training returns both heads' logits, inference their late fusion (section 4,
+"joint classifiers": the paper adds the two softmax outputs, the official code averages the logits, as here).
 
 As facebookresearch/deit models.py:20-59 (``DistilledVisionTransformer``, at 7e160fe) and timm's
 ``VisionTransformerDistilled``: the same parameter names (``dist_token``, ``head_dist``, ``pos_embed`` over
