@@ -193,3 +193,19 @@ def test_deit_distilled_tiny_trains_saves_the_student_only_and_evaluates_without
     )
     predictions = json.loads((out_predict / "predictions" / "predictions.json").read_text())
     assert predictions["images"] == 1 and predictions["task"] == "classification"
+
+
+def test_the_official_distilled_deit_pth_evaluates_in_the_recipe(make_cfg, tmp_path):
+    """`mode=eval model.pretrained=deit_small_distilled_patch16_224-649709d9.pth` (its layout: timm key
+    names under 'model'; random values, one block): no teacher file is needed to evaluate."""
+    torch.manual_seed(0)
+    official = timm.create_model("deit_small_distilled_patch16_224", pretrained=False, depth=1)
+    path = tmp_path / "deit_small_distilled_patch16_224-649709d9.pth"
+    torch.save({"model": official.state_dict()}, path)
+    overrides = ["experiment=deit_s16_distilled_imagenet", "data=imagenet_tiny", "+model.depth=1"]
+    out = tmp_path / "eval"
+    shrink = ["data.batch_size=2", *SMOKE, "mode=eval", f"model.pretrained={path}"]
+    run(make_cfg([*overrides, *shrink], output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc1"] <= 1.0
+    assert metrics["paper"]["results"]["test/acc1"] == pytest.approx(0.812)
