@@ -85,6 +85,9 @@ NOTHING_REQUIRED = [
     "igpt_tiny",
     "mae_vit_b16_imagenet",
     "mae_tiny",
+    # the teacher file (task.distillation.teacher.path) is the task's input, asked for when training starts
+    "deit_s16_distilled_imagenet",
+    "deit_distilled_tiny",
 ]
 
 

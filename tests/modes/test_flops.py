@@ -71,6 +71,7 @@ def test_a_vit_count_is_the_hand_computed_one_and_the_formula_gives_the_papers_v
     ("experiment", "described"),
     [
         ("vit_cifar10_tiny", "images [1, 3, 32, 32]"),
+        ("deit_distilled_tiny", "images [1, 3, 32, 32]"),
         ("lambda_tiny", "images [1, 3, 32, 32]"),
         ("detr_coco_tiny", "images [1, 3, 128, 200] and their padding mask [1, 128, 200]"),
         ("fpt_maskrcnn_tiny", "one image [3, 128, 200]"),

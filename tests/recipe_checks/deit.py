@@ -1,6 +1,7 @@
-"""Recipe checks of the DeiT card (vit_s16_imagenet): the model, its initialisation, the training and
-evaluation transforms, repeated augmentation, the weight-decay exemptions, Mixup / CutMix and the LR rule,
-each against DeiT's own code (facebookresearch/deit at 7e160fe, built on timm 0.3.2)."""
+"""Recipe checks of the DeiT cards (vit_s16_imagenet, deit_s16_distilled_imagenet): the model, its
+initialisation, the training and evaluation transforms, repeated augmentation, the weight-decay exemptions,
+Mixup / CutMix, the LR rule, and the distilled model, its teacher and its loss, each against DeiT's own code
+(facebookresearch/deit at 7e160fe, built on timm 0.3.2)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import math
 import random
 
 import numpy as np
+import timm
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
@@ -21,10 +24,12 @@ from torchvision.transforms import v2
 
 from tests.recipe_checks import recipe_check
 from vtrain.data.sampler import RepeatedAugmentationSampler
+from vtrain.models.deit import DistilledVisionTransformer
 from vtrain.models.vit import VisionTransformer
 from vtrain.scaling import apply_batch_plan
 from vtrain.tasks.classification import build_mixup
 from vtrain.tasks.common import weight_decay_groups
+from vtrain.tasks.distillation import Distillation
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -188,3 +193,51 @@ def deit_no_ema(cfg: DictConfig) -> None:
     (main.py:447 evaluates `model`, not the `model_ema` it keeps by default)."""
     targets = [str(c.get("_target_", "")) for c in cfg.callbacks.values() if c is not None]
     assert not [t for t in targets if "WeightAveraging" in t or "EMA" in t.upper()], targets
+
+
+@recipe_check("deit_distilled_model")
+def deit_distilled_model(cfg: DictConfig) -> None:
+    """DeiT-S distilled (deit models.py:123-126, :20-59): DeiT-S plus the distillation token (position
+    embedding over 2 + 196 tokens) and its head; timm's deit_small_distilled_patch16_224 count, 22,436,432
+    parameters; both heads' logits in training, their mean in eval (models.py:55-59)."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    assert isinstance(model, DistilledVisionTransformer)
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (384, 12, 6)
+    assert model.pos_embed.shape == (1, 2 + 196, 384) and model.num_prefix_tokens == 2
+    assert sum(p.numel() for p in model.parameters()) == 22_436_432
+    assert model.blocks[-1].drop_path.drop_prob == 0.1
+    small = DistilledVisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, logits_dist = small.train()(x)
+        torch.testing.assert_close(small.eval()(x), (logits + logits_dist) / 2)
+
+
+@recipe_check("deit_teacher")
+def deit_teacher(cfg: DictConfig) -> None:
+    """The teacher is timm's regnety_160 as main.py:374-379 builds it (pretrained=False, 1000 classes,
+    global_pool 'avg'): RegNetY-16GF, 84M parameters (section 5.2)."""
+    teacher = cfg.task.distillation.teacher
+    with torch.device("meta"):
+        model = timm.create_model(
+            teacher.arch, pretrained=False, num_classes=cfg.data.num_classes, **teacher.kwargs
+        )
+    params = sum(p.numel() for p in model.parameters())
+    assert 83.5e6 < params < 84.5e6, params
+    assert model.get_classifier().out_features == 1000
+
+
+@recipe_check("deit_distillation")
+def deit_distillation(cfg: DictConfig) -> None:
+    """losses.py:38-69 with type 'hard', alpha 0.5: 0.5 x the base criterion on the class head + 0.5 x
+    cross-entropy of the distillation head against the teacher's argmax; the teacher sees the same
+    (Mixup'd) batch as the student (engine.py:37-49: one `samples` for both)."""
+    distillation = Distillation.from_config(cfg.task.distillation)
+    assert (distillation.type, distillation.alpha) == ("hard", 0.5)
+    torch.manual_seed(0)
+    base, logits_dist, teacher = torch.rand(()), torch.randn(4, 10), torch.randn(4, 10)
+    expected = 0.5 * base + 0.5 * F.cross_entropy(logits_dist, teacher.argmax(dim=1))
+    found = distillation.combine(base, distillation.distillation_term(logits_dist, teacher))
+    torch.testing.assert_close(found, expected)

@@ -8,10 +8,10 @@ import os
 
 from torch import nn
 
-from vtrain.models import detr, fpt, igpt, lambda_resnet, mae, ttsr, vit
+from vtrain.models import deit, detr, fpt, igpt, lambda_resnet, mae, ttsr, vit
 from vtrain.models.pretrained import SCRATCH, optional_weights, require_weights
 
-FAMILIES = (vit, detr, ttsr, igpt, lambda_resnet, fpt, mae)
+FAMILIES = (vit, deit, detr, ttsr, igpt, lambda_resnet, fpt, mae)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -1,5 +1,5 @@
-"""Image classification (ViT, LambdaResNets, iGPT fine-tuning): cross-entropy, Mixup / CutMix,
-top-1 / top-5 accuracy synced across ranks."""
+"""Image classification (ViT, DeiT, LambdaResNets, iGPT fine-tuning): cross-entropy, Mixup / CutMix, DeiT
+distillation from a teacher, top-1 / top-5 accuracy synced across ranks."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from vtrain.tasks.common import (
     layer_decay_groups,
     weight_decay_groups,
 )
+from vtrain.tasks.distillation import Distillation
 
 
 def build_mixup(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0):
@@ -53,6 +54,11 @@ class ClassificationTask(L.LightningModule):
             FINETUNE.md:72, :91: 0.65 for ViT-B, 0.75 for L and H): of D blocks, block i (from 0) trains at
             `layer_decay ** (D - i)` times the LR, the embeddings at `layer_decay ** (D + 1)`, the final norm
             and head at the LR (see `layer_decay_groups`); None: one LR for all.
+        distillation: DeiT's distillation for a model with a distillation token (`deit_*_distilled`),
+            `{teacher: {source: timm | torchvision, arch, path, kwargs}, type: hard | soft, alpha, tau}`
+            (see `vtrain.tasks.distillation.Distillation`); the teacher file is read when training starts
+            (evaluation needs none). None: a distilled model's class head alone learns from the labels, as
+            deit main.py's --distillation-type none.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class ClassificationTask(L.LightningModule):
         weight_decay: float = 0.0,
         mixup: dict[str, float] | None = None,
         layer_decay: float | None = None,
+        distillation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -79,6 +86,12 @@ class ClassificationTask(L.LightningModule):
             )
         self.layer_decay = layer_decay
         self.mixup = build_mixup(num_classes, **mixup) if mixup else None
+        self.distillation = Distillation.from_config(distillation) if distillation else None
+        if self.distillation is not None and not hasattr(model, "head_dist"):
+            raise ValueError(
+                "task.distillation needs a model with a distillation token and head (a deit_*_distilled "
+                f"preset such as model=deit_s16_distilled); {type(model).__name__} has no head_dist"
+            )
         top5 = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -89,6 +102,8 @@ class ClassificationTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         model_classes = getattr(self.model, "num_classes", None)
         check_num_classes(self, {"model.num_classes": model_classes, "task.num_classes": self.num_classes})
+        if stage == "fit" and self.distillation is not None:
+            self.distillation.load_teacher(self.num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -98,8 +113,19 @@ class ClassificationTask(L.LightningModule):
         targets = labels
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
-        logits = self.model(images)
+        outputs = self.model(images)
+        # a distilled model (deit_*_distilled) gives (class head, distillation head) in training
+        logits, logits_dist = outputs if isinstance(outputs, tuple) else (outputs, None)
         loss = self.loss(logits, targets)
+        if self.distillation is not None:
+            distillation_loss = self.distillation.distillation_term(
+                logits_dist, self.distillation.teacher_logits(images)
+            )
+            self.log("train/loss_cls", loss, on_step=True, on_epoch=True, batch_size=len(labels))
+            self.log(
+                "train/loss_dist", distillation_loss, on_step=True, on_epoch=True, batch_size=len(labels)
+            )
+            loss = self.distillation.combine(loss, distillation_loss)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
