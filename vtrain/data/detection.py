@@ -206,3 +206,9 @@ class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Lightni
             (log.warning if count else log.info)(
                 "COCO under %s: %d corrupt images skipped so far", self.root, count
             )
+        if self.decode == "gpu":
+            log.info(
+                "COCO under %s: %d images decoded on the CPU (not JPEGs nvJPEG takes)",
+                self.root,
+                self.decoded_on_cpu(),
+            )

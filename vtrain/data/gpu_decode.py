@@ -13,11 +13,12 @@ resize kernels (torch's antialiased interpolation against PIL's), about one grey
 
 Files the GPU decoder does not take are decoded on the CPU in the worker, as with ``decode: cpu``, and sent
 as pixels; ``EncodedFileLoader.decoded_on_cpu`` counts them (logged at teardown): PNGs and other non-JPEG
-files (ImageNet has a few), CMYK / YCCK JPEGs (4 components; ImageNet's train split has 22), 12-bit and
-lossless or arithmetic-coded JPEGs. Baseline and progressive 8-bit JPEGs with 1 or 3 components go to the
-GPU. A JPEG whose header reads but whose data is broken fails in the batched decode; the batch is then
-decoded file by file to raise a ``CorruptImageError`` naming the file (``skip_corrupt`` cannot drop it
-there: the batch is already formed).
+files (ImageNet's train split has one, n02105855_2933.JPEG), CMYK / YCCK JPEGs (4 components; 22 in
+ImageNet's train split; both lists: tensorflow/models inception build_imagenet_data.py ``_is_png``,
+``_is_cmyk``), 12-bit and lossless or arithmetic-coded JPEGs. The file's content decides, not its name.
+Baseline and progressive 8-bit JPEGs with 1 or 3 components go to the GPU. A JPEG whose header reads but
+whose data is broken fails in the batched decode; the batch is then decoded file by file to raise a
+``CorruptImageError`` naming the file (``skip_corrupt`` cannot drop it there: the batch is already formed).
 
 Pipelines built on PIL (the classification recipe ``timm``, DeiT's: timm's RandAugment works on PIL
 images) cannot run on GPU tensors; the data module refuses ``decode: gpu`` for them, and for data sets that
