@@ -3,6 +3,7 @@
     python scripts/bench.py vit --output docs/benchmarks.md    # ViT-S/16 training vs timm, alternating rounds
     python scripts/bench.py detr --output docs/benchmarks.md   # DETR R50 at the recipe sizes, matcher
     python scripts/bench.py vit --device cuda --batch-size 128 --precision bf16
+    python scripts/bench.py data --output docs/benchmarks.md   # loaders per worker process vs timm's
 
 Training throughput is images per second of full optimizer steps (forward, loss, backward, AdamW). Peak
 memory is `torch.cuda.max_memory_allocated` on CUDA; on CPU the growth of the resident set of a fresh
@@ -104,13 +105,20 @@ BENCHMARKS = {"vit": (vit_step, ("vtrain", "timm")), "detr": (detr_step, ("vtrai
 
 
 def alternating_rates(
-    steps: dict[str, Callable[[], None]], rounds: int, steps_per_round: int, batch_size: int
+    steps: dict[str, Callable[[], None]],
+    rounds: int,
+    steps_per_round: int,
+    batch_size: int,
+    before_round: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """Images/s of each contender in every round, the contenders timed in turn within each round (so that
-    the machine's drift hits them alike)."""
+    the machine's drift hits them alike). ``before_round``: per contender, untimed work before each of its
+    rounds (a loader drains the batches its workers prefetched while the others were timed)."""
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            if before_round and name in before_round:
+                before_round[name]()
             start = time.perf_counter()
             for _ in range(steps_per_round):
                 step()
@@ -211,7 +219,7 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 # Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
 # `write_section`, `peak_rss_kib` and `train_step` from here.
-MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput")
+MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput", "data")
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One command for a machine with one GPU (H100 / H200), done within 8 minutes:
-#   1. the GPU-only tests (`pytest -m gpu`: bf16 fits, FSDP on one device);
+# One command for a machine with one GPU (H100 / H200), done within 8.5 minutes:
+#   1. the GPU-only tests (`pytest -m gpu`: bf16 fits, FSDP on one device, nvJPEG against PIL);
 #   2. training throughput (img/s) and peak memory of each family against what a user could install
 #      instead (timm, transformers), fp32 and bf16, torch.compile off and on (scripts/bench.py throughput);
 #   3. a short bf16 training of every tiny experiment (scripts/gpu_check.py train);
-#   4. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
+#   4. the ImageNet loader with data.decode=cpu against data.decode=gpu (nvJPEG batches, augmentation on
+#      the GPU), 4 workers (scripts/bench.py data; its own section of docs/benchmarks.md);
+#   5. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
 #
 #   scripts/gpu_check.sh              # on the GPU machine; then commit docs/benchmarks.md
 #   scripts/gpu_check.sh --dry-run    # the same steps on CPU at toy sizes, nothing in docs/: about 4 minutes
@@ -15,7 +17,7 @@
 # one step, not the run. Results are written as they come (OUT/throughput.jsonl, OUT/train.jsonl,
 # OUT/steps.tsv, a log per step; OUT defaults to outputs/gpu_check); the report is rewritten after every
 # step, so a run cut short still leaves its tables. The exit status is 1 when any step failed.
-# Environment: PYTHON (default: .venv/bin/python if present, else python), OUT, BUDGET (seconds; 450 on
+# Environment: PYTHON (default: .venv/bin/python if present, else python), OUT, BUDGET (seconds; 490 on
 # the GPU, 600 for --dry-run).
 set -u
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ DRY_RUN=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $arg (expected --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +44,7 @@ if [ "$DRY_RUN" = 1 ]; then
     SCALE=6  # step limits: a (shared, loaded) CPU is much slower than a GPU
     BUDGET=${BUDGET:-600}
     REPORT=(--dry-run)
+    DATA=(--device cpu --toy --workers 0 --rounds 1 --steps 1)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES=""
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
@@ -52,8 +55,9 @@ else
     THROUGHPUT=(--device cuda --rounds 3 --warmup 3)
     TRAIN=(--limit 30)
     REPORT=()
+    DATA=(--device cuda --workers 4 --rounds 3 --steps 4)
     SCALE=1
-    BUDGET=${BUDGET:-450}
+    BUDGET=${BUDGET:-490}
 fi
 
 DEADLINE=$((SECONDS + BUDGET))
@@ -108,6 +112,8 @@ lambda 40 fp32 bf16
 ttsr 30 fp32 bf16
 fpt 35 fp32 bf16
 EOF_FAMILIES
+step data_gpu_decode 40 "$PYTHON" scripts/bench.py data --pipelines imagenet_gpu_decode "${DATA[@]}" \
+    --jsonl "$OUT/data.jsonl" --output "$DOC" --title "ImageNet loader with GPU JPEG decoding (data.decode=gpu)"
 
 "$PYTHON" scripts/gpu_check.py report --out "$OUT" --output "$DOC" "${REPORT[@]}"
 echo "gpu_check.sh: $((SECONDS)) s; results in $OUT, tables in $DOC"

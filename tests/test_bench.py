@@ -134,3 +134,38 @@ def test_gpu_check_dry_run_runs_every_step_on_cpu(tmp_path):
     assert all(t["status"] == "ok" for t in trained), trained
     text = (out / "benchmarks.md").read_text()
     assert f"## {gpu_check.THROUGHPUT_TITLE}" in text and f"## {gpu_check.CHECK_TITLE}" in text
+
+
+def test_alternating_rates_runs_the_untimed_work_before_each_round():
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    before = {"a": lambda: calls.append("drain a")}
+    rates = bench.alternating_rates(steps, rounds=2, steps_per_round=1, batch_size=4, before_round=before)
+    assert calls == ["drain a", "a", "b", "drain a", "a", "b"]
+    assert len(rates["a"]) == len(rates["b"]) == 2 and all(r > 0 for r in rates["a"])
+
+
+@pytest.mark.slow
+def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
+    """CIFAR from the tiny set and the ImageNet recipe with decode=cpu / decode=gpu (the device path on the
+    CPU) on synthetic 500 x 375 JPEGs, one batch each."""
+    doc = tmp_path / "benchmarks.md"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "bench.py"),
+        "data",
+        *("--pipelines", "cifar", "imagenet_gpu_decode", "--device", "cpu", "--toy"),
+        *("--workers", "0", "--rounds", "1", "--steps", "1"),
+        *("--imagenet", str(tmp_path / "absent"), "--cifar", str(tmp_path / "absent")),
+        *("--output", str(doc), "--jsonl", str(tmp_path / "data.jsonl")),
+    ]
+    subprocess.run(
+        cmd, check=True, capture_output=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    text = doc.read_text()
+    assert "## Loader throughput per worker process" in text
+    assert "| cifar | vtrain (python batches) | 0 | 4 |" in text
+    assert "| imagenet_gpu_decode | vtrain decode=gpu | 0 | 4 |" in text
+    rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rows] == ["vtrain (python batches)", "vtrain decode=cpu", "vtrain decode=gpu"]
+    assert all(r["img_s"] > 0 for r in rows)

@@ -348,3 +348,19 @@ def test_timm_recipe_arguments_are_checked():
         ValueError, match="timm_train is for recipe 'timm' only, found it with recipe 'imagenet'"
     ):
         build_classification_transforms(True, 32, "imagenet", timm_train=DEIT_TIMM_TRAIN, **VIT_STATS)
+
+
+def test_timm_posterize_keeping_zero_bits_gives_black_as_before_pillow_13():
+    """DeiT's rand-m9-mstd0.5-inc1 posterizes to 0 bits at magnitude 10, which Pillow 13 refuses."""
+    from PIL import ImageOps
+    from timm.data.auto_augment import RandAugment
+
+    pipeline = build_classification_transforms(
+        train=True, image_size=32, recipe="timm", timm_train=DEIT_TIMM_TRAIN, **VIT_STATS
+    )
+    randaugment = next(t for t in pipeline.transforms[1].transforms if isinstance(t, RandAugment))
+    posterize = next(op for op in randaugment.ops if op.name == "PosterizeIncreasing")
+    posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 10, 0.0
+    image = _photos(1)[0]
+    assert np.asarray(posterize(image)).max() == 0
+    assert np.array_equal(np.asarray(posterize.aug_fn(image, 3)), np.asarray(ImageOps.posterize(image, 3)))

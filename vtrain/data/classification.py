@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vtrain.data.cifar import CIFAR
+from vtrain.data.gpu_decode import DeviceDecodeMixin, EncodedBatch
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
 from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 DATASETS = ("cifar10", "cifar100", "imagenet")
 
 
-class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.LightningDataModule):
     """Train / val / test loaders for ``dataset``: test reads the official evaluation split (CIFAR: the
     test batch; ImageNet: val), validation that split too or, with ``holdout``, a class-stratified part of
     the training split (see vtrain.data.splits).
@@ -49,6 +50,9 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         holdout: validate on a part of the training split instead, left out of training: a fraction in
             (0, 1) or a count, the same share of every class (within one sample); None: no hold-out.
         holdout_seed: the seed that picks the held-out samples.
+        decode: "cpu" (PIL in the loader workers) or "gpu": ImageNet JPEGs decoded on the GPU in batches
+            and the pipeline run there, with the same per-sample draws (``vtrain.data.gpu_decode``); not for
+            CIFAR (arrays in memory) nor recipe "timm" (PIL transforms).
 
     After ``setup``: ``train_set``, ``val_set`` and ``test_set``; ``val_source`` says where validation reads.
     """
@@ -80,6 +84,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         train_subset: int | None = None,
         holdout: float | int | None = None,
         holdout_seed: int = 0,
+        decode: str = "cpu",
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -120,6 +125,14 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         )
         self.train_transform = build_classification_transforms(train=True, **transform_args)
         self.eval_transform = build_classification_transforms(train=False, **transform_args)
+        if decode == "gpu" and (dataset != "imagenet" or recipe == "timm"):
+            raise ValueError(
+                f"ClassificationDataModule: data.decode=gpu decodes JPEG files and runs a transforms.v2 "
+                f"pipeline on the GPU; {dataset} with recipe {recipe!r} has "
+                + ("its images as arrays in memory" if dataset != "imagenet" else "timm's PIL pipeline")
+                + ": use data.decode=cpu"
+            )
+        self._init_decode(decode)
 
     def prepare_data(self) -> None:
         if self.tiny is not None:
@@ -130,6 +143,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         transform = self.train_transform if train else self.eval_transform
         if self.dataset == "imagenet":
             dataset = ImageNet(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+            dataset = self._encoded(dataset)
         else:
             cifar_split = "train" if split == "train" else "test"
             dataset = CIFAR(self.root, cifar_split, variant=self.dataset, transform=transform)
@@ -145,6 +159,7 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         "validate" when validation reads it (scanning ImageNet's training folders takes a while, so other
         validate / test runs skip it). The training split is scanned once and read with both pipelines."""
         what = f"{self.dataset} under {self.root}"
+        self._check_decode_device()
         if self.test_set is None:
             self.test_set = require_samples(self._load("val", train=False), f"{what}, evaluation split")
             if self.holdout is None and self._val_is_test:
@@ -167,6 +182,13 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, train=False)
 
+    def decode_batch(
+        self, batch: EncodedBatch, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``decode: gpu`` batch decoded and augmented on ``device``: (images, labels) as the CPU path."""
+        images = torch.stack(self._augment_on_device(batch, device))
+        return images, torch.tensor(batch.targets, dtype=torch.int64, device=images.device)
+
     def corrupt_count(self) -> int:
         """Images skipped as corrupt so far, over all splits and worker processes."""
         return corrupt_images_skipped(self.train_set, self.val_set, self.test_set)
@@ -175,3 +197,9 @@ class ClassificationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         if self.skip_corrupt:
             count = self.corrupt_count()
             (log.warning if count else log.info)("%s: %d corrupt images skipped so far", self.dataset, count)
+        if self.decode == "gpu":
+            log.info(
+                "%s: %d images decoded on the CPU (not JPEGs nvJPEG takes)",
+                self.dataset,
+                self.decoded_on_cpu(),
+            )

@@ -27,6 +27,7 @@ from vtrain.data.detection_transforms import (
     IMAGENET_STD,
     build_detr_transforms,
 )
+from vtrain.data.gpu_decode import DeviceDecodeMixin, EncodedBatch
 from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
 from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
@@ -34,7 +35,7 @@ from vtrain.data.tiny import build_tiny
 log = logging.getLogger(__name__)
 
 
-class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
+class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.LightningDataModule):
     """Train / val / test loaders for the COCO-format set under ``root``: test reads ``val_split``,
     validation that split too or, with ``holdout``, a random part of the training images (see
     vtrain.data.splits).
@@ -56,6 +57,8 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         holdout: validate on a part of the training images instead, left out of training: a fraction in
             (0, 1) or a count, drawn at random by image; None: no hold-out.
         holdout_seed: the seed that picks the held-out images.
+        decode: "cpu" (PIL in the loader workers) or "gpu": JPEGs decoded on the GPU in batches and DETR's
+            pipeline run there, with the same per-sample draws (``vtrain.data.gpu_decode``).
 
     Every split gets DETR's targets, crowd regions left out (the validation loss is the training loss);
     COCO mAP is computed against ``val_annotation_file`` / ``test_annotation_file``, where the crowd regions
@@ -89,6 +92,7 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         train_subset: int | None = None,
         holdout: float | int | None = None,
         holdout_seed: int = 0,
+        decode: str = "cpu",
     ) -> None:
         super().__init__()
         self.root, self.train_split, self.val_split = root, train_split, val_split
@@ -107,6 +111,13 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         crops = dict(pre_crop_scales=tuple(pre_crop_scales), crop_min=crop_min, crop_max=crop_max)
         self.train_transform = build_detr_transforms(train=True, hflip=hflip, **common, **crops)
         self.eval_transform = build_detr_transforms(train=False, **common)
+        self.size_divisibility = size_divisibility
+        if decode == "gpu" and type(self) is not DetectionDataModule:
+            raise ValueError(
+                f"{type(self).__name__}: data.decode=gpu runs DETR's box pipeline on the GPU "
+                "(DetectionDataModule); targets with masks are not moved there: use data.decode=cpu"
+            )
+        self._init_decode(decode)
 
     def _annotation_file(self, split: str) -> Path:
         return Path(self.root) / "annotations" / f"instances_{split}2017.json"
@@ -137,6 +148,7 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         """``split`` with the train or the eval transforms, its label space checked."""
         transform = self.train_transform if train else self.eval_transform
         dataset = CocoDetection(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+        dataset = self._encoded(dataset)
         if self.num_classes is None:
             self.num_classes = dataset.num_classes
         if dataset.num_classes != self.num_classes:
@@ -149,6 +161,7 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Loads the val split for every stage and the train split for "fit", and for "validate" with a
         hold-out (read once, served with the train and the eval transforms)."""
+        self._check_decode_device()
         if self.test_set is None:
             test_set = self._load(self.val_split, train=False)
             self.test_set = require_samples(test_set, f"{test_set.annotation_file} ({self.val_split} split)")
@@ -176,6 +189,13 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, train=False)
 
+    def decode_batch(
+        self, batch: EncodedBatch, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+        """A ``decode: gpu`` batch decoded and augmented on ``device``: (images, mask, targets) as the CPU
+        path gives them."""
+        return collate_detection(self._augment_on_device(batch, device), self.size_divisibility)
+
     def corrupt_count(self) -> int:
         """Images skipped as corrupt so far, over all splits and worker processes."""
         return corrupt_images_skipped(self.train_set, self.val_set, self.test_set)
@@ -185,4 +205,10 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
             count = self.corrupt_count()
             (log.warning if count else log.info)(
                 "COCO under %s: %d corrupt images skipped so far", self.root, count
+            )
+        if self.decode == "gpu":
+            log.info(
+                "COCO under %s: %d images decoded on the CPU (not JPEGs nvJPEG takes)",
+                self.root,
+                self.decoded_on_cpu(),
             )

@@ -114,11 +114,11 @@ class NormalizeBoxes:
     def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         height, width = image.shape[-2:]
         boxes = F.convert_bounding_box_format(target["boxes"], new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
         target = {
             **target,
             "boxes": boxes.as_subclass(torch.Tensor).float() / scale,
-            "size": torch.tensor([height, width]),
+            "size": torch.tensor([height, width], device=image.device),
         }
         return image, target
 

@@ -35,6 +35,7 @@ def make_loader(
     collate_fn: Callable | None,
     owner: str,
     repeated_aug: int = 1,
+    with_seed: bool = False,
 ) -> DataLoader:
     """A shuffled, last-batch-dropping loader for training, a sequential complete one for evaluation.
 
@@ -43,6 +44,7 @@ def make_loader(
     see :mod:`vtrain.data.sampler`; in DDP it shards the data itself, so Lightning leaves it as it is.
     ``repeated_aug`` > 1 trains with DeiT's repeated augmentation, each image that many times per epoch
     (:class:`~vtrain.data.sampler.RepeatedAugmentationSampler`); 1 shuffles every image once.
+    ``with_seed``: every sample carries its augmentation seed (0 in evaluation), for ``data.decode=gpu``.
     """
     if dataset is None:
         raise RuntimeError(f"{owner}: call setup() before asking for a dataloader")
@@ -53,7 +55,7 @@ def make_loader(
             else SeededShuffleSampler(dataset)
         )
         return StatefulDataLoader(
-            SeededSamples(dataset),
+            SeededSamples(dataset, with_seed=with_seed),
             batch_size=batch_size,
             sampler=sampler,
             drop_last=True,
@@ -63,7 +65,7 @@ def make_loader(
             collate_fn=collate_fn,
         )
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, with_seed=True) if with_seed else dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -76,13 +78,14 @@ def make_loader(
 class LoaderMixin:
     """``_loader(dataset, batch_size, train)`` for a DataModule: :func:`make_loader` with the module's
     ``num_workers``, ``pin_memory``, ``persistent_workers``, ``collate`` (None: PyTorch's default) and
-    ``repeated_aug`` (1: off)."""
+    ``repeated_aug`` (1: off); ``decode`` "gpu" gives every sample its augmentation seed."""
 
     num_workers: int
     pin_memory: bool
     persistent_workers: bool
     collate: Callable | None = None
     repeated_aug: int = 1
+    decode: str = "cpu"
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         return make_loader(
@@ -95,6 +98,7 @@ class LoaderMixin:
             self.collate,
             type(self).__name__,
             self.repeated_aug,
+            with_seed=self.decode == "gpu",
         )
 
     def data_counts(self) -> dict[str, int]:

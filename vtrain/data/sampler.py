@@ -17,6 +17,7 @@ which worker or rank draws a sample depends on the world size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Iterator
@@ -136,35 +137,53 @@ class RepeatedAugmentationSampler(SeededShuffleSampler):
             yield index, sample_seed(self.seed, self.epoch, index * self.repeats + copy)
 
 
+@contextlib.contextmanager
+def seeded_generators(seed: int) -> Iterator[None]:
+    """Runs its body with torch's CPU generator, Python's ``random`` and NumPy's global generator seeded by
+    ``seed``, and gives the caller's random states back afterwards. The draws of a sample's augmentations,
+    in a loader worker (:class:`SeededSamples`) or on the GPU after the batch arrived
+    (:mod:`vtrain.data.gpu_decode`)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: torch.manual_seed would also reseed CUDA's, which the training step
+            # uses (dropout) when the loader runs in the main process
+            torch.default_generator.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)  # NumPy's legacy seeds are 32-bit
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 class SeededSamples(Dataset):
     """Wraps a map-style dataset so that ``dataset[(index, seed)]`` runs the wrapped ``dataset[index]``
     (its loading and transforms) with every random generator a transform may draw from seeded by
     ``seed``: torch's CPU generator (torchvision), Python's ``random`` and NumPy's global generator
     (timm's RandAugment, random erasing and random-resized crop), leaving the caller's random states as
-    they were. Integer indices pass through unchanged."""
+    they were. Integer indices pass through unchanged.
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    ``with_seed``: each sample (a tuple) gets its seed appended, 0 for integer indices, for augmentations
+    that run after the batch is on the GPU (``data.decode=gpu``, :mod:`vtrain.data.gpu_decode`); a None
+    sample (a skipped corrupt image) stays None."""
+
+    def __init__(self, dataset: Dataset, with_seed: bool = False) -> None:
+        self.dataset, self.with_seed = dataset, with_seed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]):
-        if isinstance(key, tuple):
-            index, seed = key
-            python_state, numpy_state = random.getstate(), np.random.get_state()
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    # the CPU generator only: torch.manual_seed would also reseed CUDA's, which the
-                    # training step uses (dropout) when the loader runs in the main process
-                    torch.default_generator.manual_seed(seed)
-                    random.seed(seed)
-                    np.random.seed(seed % 2**32)  # NumPy's legacy seeds are 32-bit
-                    return self.dataset[index]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
-        return self.dataset[key]
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None:
+            sample = self.dataset[index]
+        else:
+            with seeded_generators(seed):
+                sample = self.dataset[index]
+        if self.with_seed and sample is not None:
+            return (*sample, seed or 0)
+        return sample
 
     def __getattr__(self, name: str):
         # `loader.dataset.categories`, `.loader` and the like keep working through the wrapper; special

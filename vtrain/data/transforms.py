@@ -175,7 +175,7 @@ def _timm_train(
             f"timm_train must not set {own}: recipe 'timm' takes them from image_size, mean, std, "
             "interpolation and hflip"
         )
-    return create_transform(
+    pipeline = create_transform(
         input_size=image_size,
         is_training=True,
         mean=tuple(mean),
@@ -184,3 +184,31 @@ def _timm_train(
         hflip=0.5 if hflip else 0.0,
         **arguments,
     )
+    keep_zero_bit_posterize(pipeline)
+    return pipeline
+
+
+def posterize_any_bits(image: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize op (auto_augment.posterize) with Pillow < 13's result for 0 bits kept: every value 0.
+    Pillow 13 raises ValueError for 0 bits, and DeiT's ``rand-m9-mstd0.5-inc1`` asks for them: its
+    increasing-severity posterize keeps 4 - int(4 * m / 10) bits, 0 at magnitude 10, which m = 9 with
+    noise of std 0.5 (clipped to 10) reaches on 2 % of the draws; a run then stops at its first such
+    sample (timm's own loader too)."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return image.point(lambda _: 0)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def keep_zero_bit_posterize(pipeline: Any) -> None:
+    """Gives the posterize ops of the RandAugment / AutoAugment steps of a timm pipeline
+    :func:`posterize_any_bits`."""
+    from timm.data import auto_augment
+
+    for step in getattr(pipeline, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = posterize_any_bits
