@@ -4,7 +4,8 @@
 #   2. training throughput (img/s) and peak memory of each family against what a user could install
 #      instead (timm, transformers), fp32 and bf16, torch.compile off and on (scripts/bench.py throughput);
 #   3. a short bf16 training of every tiny experiment (scripts/gpu_check.py train);
-#   4. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
+#   4. what gradient checkpointing saves and costs on a ViT-B/16 step (scripts/bench.py memory);
+#   5. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
 #
 #   scripts/gpu_check.sh              # on the GPU machine; then commit docs/benchmarks.md
 #   scripts/gpu_check.sh --dry-run    # the same steps on CPU at toy sizes, nothing in docs/: about 4 minutes
@@ -24,7 +25,7 @@ DRY_RUN=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $arg (expected --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +43,7 @@ if [ "$DRY_RUN" = 1 ]; then
     SCALE=6  # step limits: a (shared, loaded) CPU is much slower than a GPU
     BUDGET=${BUDGET:-600}
     REPORT=(--dry-run)
+    MEMORY=(--device cpu --model vit_ti16 --image-size 32 --batch-size 2 --rounds 1)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES=""
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
@@ -52,6 +54,7 @@ else
     THROUGHPUT=(--device cuda --rounds 3 --warmup 3)
     TRAIN=(--limit 30)
     REPORT=()
+    MEMORY=(--device cuda --batch-size 128 --rounds 3 --steps 5 --warmup 2)
     SCALE=1
     BUDGET=${BUDGET:-450}
 fi
@@ -108,6 +111,8 @@ lambda 40 fp32 bf16
 ttsr 30 fp32 bf16
 fpt 35 fp32 bf16
 EOF_FAMILIES
+
+step memory_checkpointing 60 "$PYTHON" scripts/bench.py memory "${MEMORY[@]}" --output "$DOC"
 
 "$PYTHON" scripts/gpu_check.py report --out "$OUT" --output "$DOC" "${REPORT[@]}"
 echo "gpu_check.sh: $((SECONDS)) s; results in $OUT, tables in $DOC"
