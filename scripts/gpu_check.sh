@@ -8,7 +8,7 @@
 #   5. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
 #
 #   scripts/gpu_check.sh              # on the GPU machine; then commit docs/benchmarks.md
-#   scripts/gpu_check.sh --dry-run    # the same steps on CPU at toy sizes, nothing in docs/: about 4 minutes
+#   scripts/gpu_check.sh --dry-run    # the same steps on CPU at toy sizes, nothing in docs/: about 5 minutes
 #                                     # on an idle 2-core CPU (fewer combinations, compile through dynamo's
 #                                     # eager backend, one tiny experiment per family)
 #
