@@ -4,6 +4,7 @@
     python scripts/bench.py detr --output docs/benchmarks.md   # DETR R50 at the recipe sizes, matcher
     python scripts/bench.py vit --device cuda --batch-size 128 --precision bf16
     python scripts/bench.py data --output docs/benchmarks.md   # loaders per worker process vs timm's
+    python scripts/bench.py memory --output docs/benchmarks.md # gradient checkpointing on a ViT-B/16 step
 
 Training throughput is images per second of full optimizer steps (forward, loss, backward, AdamW). Peak
 memory is `torch.cuda.max_memory_allocated` on CUDA; on CPU the growth of the resident set of a fresh
@@ -173,6 +174,14 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def rss_kib() -> int:
+    """This process's current resident set (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def child_memory(args: argparse.Namespace) -> None:
     make, _ = BENCHMARKS[args.benchmark]
     base = peak_rss_kib()
@@ -218,8 +227,8 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 
 # Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
-# `write_section`, `peak_rss_kib` and `train_step` from here.
-MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput", "data")
+# `write_section`, `peak_rss_kib`, `rss_kib`, `train_step` and `alternating_rates` from here.
+MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput", "memory", "data")
 
 
 def main() -> None:

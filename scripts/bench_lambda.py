@@ -145,13 +145,6 @@ def peak_mib(kind: str, name: str, size: int, args: argparse.Namespace) -> float
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def child(args: argparse.Namespace) -> None:
     """Resident-set growth over one step, after a warm-up step has loaded kernels and optimizer state.
     Writing 5 to /proc/self/clear_refs (Linux) resets the high-water mark VmHWM to the current size."""
@@ -159,7 +152,7 @@ def child(args: argparse.Namespace) -> None:
     step = make_step(kind, name, int(size), args, torch.device("cpu"))
     step()
     Path("/proc/self/clear_refs").write_text("5")
-    base = rss_kib()
+    base = bench.rss_kib()
     step()
     print(json.dumps({"peak_mib": (bench.peak_rss_kib() - base) / 1024}))
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# One command for a machine with one GPU (H100 / H200), done within 8.5 minutes:
+# One command for a machine with one GPU (H100 / H200), done within 8 minutes:
 #   1. the GPU-only tests (`pytest -m gpu`: bf16 fits, FSDP on one device, nvJPEG against PIL);
 #   2. training throughput (img/s) and peak memory of each family against what a user could install
 #      instead (timm, transformers), fp32 and bf16, torch.compile off and on (scripts/bench.py throughput);
 #   3. a short bf16 training of every tiny experiment (scripts/gpu_check.py train);
 #   4. the ImageNet loader with data.decode=cpu against data.decode=gpu (nvJPEG batches, augmentation on
 #      the GPU), 4 workers (scripts/bench.py data; its own section of docs/benchmarks.md);
-#   5. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
+#   5. what gradient checkpointing saves and costs on a ViT-B/16 step (scripts/bench.py memory);
+#   6. the GPU sections of docs/benchmarks.md and a summary (scripts/gpu_check.py report).
 #
 #   scripts/gpu_check.sh              # on the GPU machine; then commit docs/benchmarks.md
-#   scripts/gpu_check.sh --dry-run    # the same steps on CPU at toy sizes, nothing in docs/: about 4 minutes
+#   scripts/gpu_check.sh --dry-run    # the same steps on CPU at toy sizes, nothing in docs/: about 5 minutes
 #                                     # on an idle 2-core CPU (fewer combinations, compile through dynamo's
 #                                     # eager backend, one tiny experiment per family)
 #
@@ -17,7 +18,7 @@
 # one step, not the run. Results are written as they come (OUT/throughput.jsonl, OUT/train.jsonl,
 # OUT/steps.tsv, a log per step; OUT defaults to outputs/gpu_check); the report is rewritten after every
 # step, so a run cut short still leaves its tables. The exit status is 1 when any step failed.
-# Environment: PYTHON (default: .venv/bin/python if present, else python), OUT, BUDGET (seconds; 490 on
+# Environment: PYTHON (default: .venv/bin/python if present, else python), OUT, BUDGET (seconds; 470 on
 # the GPU, 600 for --dry-run).
 set -u
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ DRY_RUN=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $arg (expected --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -45,6 +46,7 @@ if [ "$DRY_RUN" = 1 ]; then
     BUDGET=${BUDGET:-600}
     REPORT=(--dry-run)
     DATA=(--device cpu --toy --workers 0 --rounds 1 --steps 1)
+    MEMORY=(--device cpu --model vit_ti16 --image-size 32 --batch-size 2 --rounds 1)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES=""
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
@@ -56,8 +58,9 @@ else
     TRAIN=(--limit 30)
     REPORT=()
     DATA=(--device cuda --workers 4 --rounds 3 --steps 4)
+    MEMORY=(--device cuda --batch-size 128 --rounds 3 --steps 5 --warmup 2)
     SCALE=1
-    BUDGET=${BUDGET:-490}
+    BUDGET=${BUDGET:-470}
 fi
 
 DEADLINE=$((SECONDS + BUDGET))
@@ -114,6 +117,8 @@ fpt 35 fp32 bf16
 EOF_FAMILIES
 step data_gpu_decode 40 "$PYTHON" scripts/bench.py data --pipelines imagenet_gpu_decode "${DATA[@]}" \
     --jsonl "$OUT/data.jsonl" --output "$DOC" --title "ImageNet loader with GPU JPEG decoding (data.decode=gpu)"
+
+step memory_checkpointing 60 "$PYTHON" scripts/bench.py memory "${MEMORY[@]}" --output "$DOC"
 
 "$PYTHON" scripts/gpu_check.py report --out "$OUT" --output "$DOC" "${REPORT[@]}"
 echo "gpu_check.sh: $((SECONDS)) s; results in $OUT, tables in $DOC"

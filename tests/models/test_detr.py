@@ -608,3 +608,19 @@ def test_tiny_detr_overfits_two_images(one_thread):
         history.append(loss.item())
     assert history[-1] < history[0] / 5, f"loss went from {history[0]:.3f} to {history[-1]:.3f}"
     assert losses["class_error"].item() == 0 and losses["cardinality_error"].item() == 0
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_dropout(monkeypatch):
+    from tests.numerics import assert_checkpointing_changes_nothing
+
+    config = dict(backbone_weights="scratch", dropout=0.2, enc_layers=2, dec_layers=3, num_queries=5)
+    plain, checkpointed = detr_tiny(**config), detr_tiny(**config, grad_checkpointing=True)
+    images, mask = pad_images([torch.randn(3, 64, 96), torch.randn(3, 96, 64)])
+    criterion = SetCriterion(num_classes=91, dec_layers=3)
+    targets = _targets(([[0.5, 0.5, 0.2, 0.3]], [7]), ([[0.3, 0.6, 0.4, 0.2], [0.7, 0.2, 0.1, 0.1]], [1, 2]))
+
+    def loss(model: DETR) -> torch.Tensor:
+        losses = criterion(model(images, mask), targets)
+        return sum(losses[k] * w for k, w in criterion.weight_dict.items())
+
+    assert_checkpointing_changes_nothing(plain, checkpointed, loss, 2 + 3, monkeypatch)

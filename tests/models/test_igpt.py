@@ -168,3 +168,27 @@ def test_probe_features_stop_at_the_layer():
         model.forward_features(tokens, layer=4)
     with pytest.raises(ValueError, match="seq_len 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(causal, monkeypatch):
+    from tests.numerics import assert_checkpointing_changes_nothing
+
+    config = dict(SMALL, causal=causal, num_classes=3)
+    plain, checkpointed = ImageGPT(**config), ImageGPT(**config, grad_checkpointing=True)
+    with torch.no_grad():  # the heads start at zero, which would leave the layers without a gradient
+        plain.head.weight.normal_(std=0.1)
+        plain.clf_head.weight.normal_(std=0.1)
+    tokens, labels = torch.randint(0, 16, (2, 64)), torch.tensor([0, 2])
+
+    def loss(model: ImageGPT) -> torch.Tensor:
+        features = model.forward_features(tokens)
+        nll = torch.nn.functional.cross_entropy(model.head(features).transpose(1, 2), tokens)
+        return nll + torch.nn.functional.cross_entropy(model.classify(features), labels)
+
+    assert_checkpointing_changes_nothing(plain, checkpointed, loss, SMALL["depth"], monkeypatch)
+    # sampling runs without grad: nothing to recompute, the same tokens
+    generator = torch.Generator().manual_seed(0)
+    if causal:
+        sampled = checkpointed.sample(num_samples=1, length=5, generator=generator)
+        assert sampled.shape == (1, 5)

@@ -473,3 +473,17 @@ def test_list_models_and_unknown_name():
     ):
         create_model("vit_b61")
     assert vtrain.__version__ == "0.1.0"
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_dropout_and_drop_path(monkeypatch):
+    from tests.numerics import assert_checkpointing_changes_nothing
+
+    # DeiT's initialisation, so that the head is not zero and every block gets a gradient
+    config = dict(SMALL, drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.3, weight_init="deit")
+    plain = VisionTransformer(**config)
+    checkpointed = VisionTransformer(**config, grad_checkpointing=True)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    assert_checkpointing_changes_nothing(
+        plain, checkpointed, lambda m: torch.nn.functional.cross_entropy(m(images), labels), 2, monkeypatch
+    )
+    assert create_model("vit_ti16", grad_checkpointing=True).grad_checkpointing

@@ -82,6 +82,34 @@ def test_autoregressive_and_finetuning_losses_at_initialisation():
     assert loss.item() == pytest.approx(math.log(16) + math.log(10), abs=1e-5)
 
 
+def test_layer_decay_scales_each_igpt_layers_lr_from_the_embeddings_to_the_heads():
+    """task.layer_decay on iGPT: the ViT rule (MAE's param_groups_lrd) on iGPT's names: embeddings (wte,
+    wpe, sos) at layer 0, blocks.i at i + 1, the final norm and both heads at depth + 1 = 3."""
+    task = _task(num_classes=10, clf_weight=1.0, layer_decay=0.5, weight_decay=0.1)
+    optimizer = task.configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    per_parameter = {
+        names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]
+    }
+    assert per_parameter.keys() == set(names.values())
+    for name, (lr, _) in per_parameter.items():
+        if name in ("wte.weight", "wpe", "sos"):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            assert name in ("norm.weight", "head.weight", "clf_head.weight"), name
+            layer = 3
+        assert lr == pytest.approx(1e-3 * 0.5 ** (3 - layer)), name
+    assert per_parameter["blocks.0.attn.qkv.weight"][0] == pytest.approx(1e-3 * 0.25)
+    # decayed: the weight matrices but the embeddings (no_weight_decay), as without layer decay
+    decayed = {name for name, (_, weight_decay) in per_parameter.items() if weight_decay == 0.1}
+    matrices = {n for n, p in task.model.named_parameters() if p.ndim == 2} - {"wte.weight", "wpe"}
+    assert decayed == matrices and "clf_head.weight" in decayed
+    with pytest.raises(ValueError, match=r"task.layer_decay must be in \(0, 1\] or null, found 0"):
+        _task(layer_decay=0.0)
+
+
 def test_bert_loss_counts_masked_tokens_only():
     task = _task(causal=False, objective="bert", bert_mask_prob=0.5)
     torch.nn.init.normal_(task.model.head.weight)

@@ -33,45 +33,39 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, skip_1d: bool = T
     return groups
 
 
-def vit_layer_id(name: str, num_layers: int) -> int:
-    """The depth of parameter ``name`` of a ViT-style model for layer-wise LR decay: 0 for the embeddings
-    (``cls_token``, ``pos_embed``, ``patch_embed.*``), ``i + 1`` for ``blocks.i.*``, ``num_layers`` (the
-    number of blocks + 1) for everything after the blocks (final norm, head; an MAE decoder too), as
-    BEiT's ``get_layer_id_for_vit`` that MAE's fine-tuning uses (facebookresearch/mae util/lr_decay.py:64-76
-    at efb2a80)."""
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers
-
-
 def layer_decay_groups(
     model: nn.Module, weight_decay: float, layer_decay: float, skip_1d: bool = True
 ) -> list[dict]:
-    """Parameter groups for layer-wise LR decay (Clark et al. 2020, ELECTRA; BEiT; MAE appendix A.1): the
-    parameters at depth ``l`` of ``L = len(model.blocks) + 1`` get ``lr_scale = layer_decay ** (L - l)``,
-    so the head trains at the full LR and each block below it at ``layer_decay`` times the one above; weight
-    decay as in :func:`weight_decay_groups`. The same groups as MAE's ``param_groups_lrd``
-    (util/lr_decay.py:15-61); :func:`configure_optimizers` multiplies each group's LR by its ``lr_scale``.
+    """Parameter groups for layer-wise LR decay (Clark et al. 2020, ELECTRA; BEiT; MAE appendix A.1).
+
+    The model says where each parameter sits: ``model.layer_id(name)`` gives its depth ``l``, 0 for the
+    embeddings, ``i + 1`` for block ``i``, the largest, ``L``, for what follows the blocks (final norm,
+    heads). A parameter at depth ``l`` gets ``lr_scale = layer_decay ** (L - l)``, so the head trains at
+    the full LR and each block below it at ``layer_decay`` times the one above; weight decay as in
+    :func:`weight_decay_groups`. For a ViT the same groups as MAE's ``param_groups_lrd``
+    (facebookresearch/mae util/lr_decay.py:15-61 at efb2a80); :func:`configure_optimizers` multiplies each
+    group's LR by its ``lr_scale``.
 
     Raises:
-        ValueError: the model has no ``blocks`` (layer decay is defined for ViT-style encoders only).
+        ValueError: the model has no ``layer_id`` (vtrain's ViT, DeiT and iGPT have one; an MAE is
+            fine-tuned as the ViT its encoder loads into).
     """
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
+    layer_id = getattr(model, "layer_id", None)
+    if not callable(layer_id):
         raise ValueError(
-            f"task.layer_decay needs a ViT-style model with `blocks`; {type(model).__name__} has none "
+            f"task.layer_decay needs a model that maps parameters to layers (a `layer_id(name)` method, as "
+            f"vtrain's VisionTransformer and ImageGPT have); {type(model).__name__} has none "
             "(set task.layer_decay=null)"
         )
-    num_layers = len(blocks) + 1
+    layers = {name: int(layer_id(name)) for name, _ in model.named_parameters()}
+    num_layers = max(layers.values())
     skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         exempt = (skip_1d and param.ndim <= 1) or name in skip_names
-        layer = vit_layer_id(name, num_layers)
+        layer = layers[name]
         group = groups.setdefault(
             (layer, exempt),
             {

@@ -29,6 +29,7 @@ from vtrain.tasks.common import (
     SchedulerFactory,
     check_num_classes,
     configure_optimizers,
+    layer_decay_groups,
     weight_decay_groups,
 )
 
@@ -139,6 +140,10 @@ class GenerativePretrainingTask(L.LightningModule):
             every_n_epochs: 1, seed: 0}``: ``num`` unconditional samples and ``num`` completions of the
             first val images given their top half (next to the originals), saved as PNG under
             ``<default_root_dir>/samples`` and sent to loggers that take images.
+        layer_decay: layer-wise LR decay, e.g. for fine-tuning (not in the iGPT paper, which fine-tunes at
+            one LR): of D layers, layer i (from 0) trains at ``layer_decay ** (D - i)`` times the LR, the
+            embeddings at ``layer_decay ** (D + 1)``, the final norm and heads at the LR (see
+            ``ImageGPT.layer_id``, ``layer_decay_groups``); None: one LR for all.
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class GenerativePretrainingTask(L.LightningModule):
         clf_weight: float = 0.0,
         probe: dict[str, Any] | None = None,
         samples: dict[str, Any] | None = None,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -168,7 +174,12 @@ class GenerativePretrainingTask(L.LightningModule):
             raise ValueError(
                 "GenerativePretrainingTask: fine-tuning (clf_weight > 0) needs a model with num_classes > 0"
             )
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(
+                f"GenerativePretrainingTask: task.layer_decay must be in (0, 1] or null, found {layer_decay}"
+            )
         self.model = model
+        self.layer_decay = layer_decay
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.objective, self.bert_mask_prob = objective, bert_mask_prob
         self.weight_decay, self.num_classes, self.clf_weight = weight_decay, num_classes, clf_weight
@@ -384,5 +395,8 @@ class GenerativePretrainingTask(L.LightningModule):
         log.info("samples: %s (unconditional; completions of the top half; originals)", path)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = weight_decay_groups(self.model, self.weight_decay)
+        if self.layer_decay is not None:
+            groups = layer_decay_groups(self.model, self.weight_decay, self.layer_decay)
+        else:
+            groups = weight_decay_groups(self.model, self.weight_decay)
         return configure_optimizers(self, groups, self.optimizer_factory, self.scheduler_factory)

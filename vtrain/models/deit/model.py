@@ -57,27 +57,10 @@ class DistilledVisionTransformer(VisionTransformer):
     # deit models.py keeps timm 0.3.2's no_weight_decay() = {pos_embed, cls_token}: the distillation token
     # is decayed in the official training, so VisionTransformer's set is kept as it is
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode images.
-
-        Args:
-            x: images [B, C, H, W] with (H, W) == ``img_size``.
-
-        Returns:
-            tokens [B, 2 + N, D] after the final LayerNorm; index 0 is the class token, 1 the distillation
-            token.
-        """
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(
-                f"DistilledVisionTransformer expects {self.img_size[0]}x{self.img_size[1]} input images "
-                f"(img_size), found {x.shape[-2]}x{x.shape[-1]} (input shape {tuple(x.shape)}); build the "
-                "model with that img_size or call model.set_img_size() to resample the position embeddings"
-            )
-        x = self.patch_embed(x)
-        prefix = [self.cls_token.expand(x.shape[0], -1, -1), self.dist_token.expand(x.shape[0], -1, -1)]
-        x = self.pos_drop(torch.cat([*prefix, x], dim=1) + self.pos_embed)
-        x = self.blocks(x)
-        return self.norm(x)
+    def prefix_tokens(self, batch_size: int) -> list[torch.Tensor]:
+        """The class token then the distillation token, each [B, 1, D]: ``forward_features`` returns them at
+        indices 0 and 1."""
+        return [self.cls_token.expand(batch_size, -1, -1), self.dist_token.expand(batch_size, -1, -1)]
 
     def forward_head(
         self, x: torch.Tensor, pre_logits: bool = False

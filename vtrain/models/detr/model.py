@@ -61,6 +61,8 @@ class DETR(nn.Module):
         dropout: transformer dropout.
         pre_norm: pre-norm transformer layers instead of post-norm.
         aux_loss: also return the predictions of every decoder layer but the last, for the auxiliary losses.
+        grad_checkpointing: recompute the transformer's encoder and decoder layers in the backward pass
+            (less memory, the same gradients); the backbone is not checkpointed.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class DETR(nn.Module):
         dropout: float = 0.1,
         pre_norm: bool = False,
         aux_loss: bool = True,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if hidden_dim % 2:
@@ -108,6 +111,7 @@ class DETR(nn.Module):
             dim_feedforward=dim_feedforward,
             dropout=dropout,
             normalize_before=pre_norm,
+            grad_checkpointing=grad_checkpointing,
         )
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)

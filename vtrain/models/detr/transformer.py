@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vtrain.layers import checkpointed
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
@@ -170,29 +172,45 @@ class TransformerDecoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """``num_layers`` copies of ``layer``, then ``norm`` if given (pre-norm only)."""
+    """``num_layers`` copies of ``layer``, then ``norm`` if given (pre-norm only); ``grad_checkpointing``
+    recomputes each layer in the backward pass (``vtrain.layers.checkpointed``)."""
 
-    def __init__(self, layer: TransformerEncoderLayer, num_layers: int, norm: nn.Module | None = None):
+    def __init__(
+        self,
+        layer: TransformerEncoderLayer,
+        num_layers: int,
+        norm: nn.Module | None = None,
+        grad_checkpointing: bool = False,
+    ):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm
+        self.grad_checkpointing = grad_checkpointing
 
     def forward(
         self, src: torch.Tensor, key_padding_mask: torch.Tensor | None = None, pos: torch.Tensor | None = None
     ) -> torch.Tensor:
         """src [B, L, D], key_padding_mask [B, L], pos [B, L, D] -> memory [B, L, D]"""
         for layer in self.layers:
-            src = layer(src, key_padding_mask, pos)
+            src = checkpointed(layer, src, key_padding_mask, pos, enabled=self.grad_checkpointing)
         return src if self.norm is None else self.norm(src)
 
 
 class TransformerDecoder(nn.Module):
-    """``num_layers`` copies of ``layer``; the shared final ``norm`` is applied to every layer's output."""
+    """``num_layers`` copies of ``layer``; the shared final ``norm`` is applied to every layer's output;
+    ``grad_checkpointing`` as :class:`TransformerEncoder`."""
 
-    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module):
+    def __init__(
+        self,
+        layer: TransformerDecoderLayer,
+        num_layers: int,
+        norm: nn.Module,
+        grad_checkpointing: bool = False,
+    ):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm
+        self.grad_checkpointing = grad_checkpointing
 
     def forward(
         self,
@@ -205,7 +223,9 @@ class TransformerDecoder(nn.Module):
         """As :meth:`TransformerDecoderLayer.forward` -> every layer's output [num_layers, B, Q, D]."""
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            tgt = checkpointed(
+                layer, tgt, memory, memory_key_padding_mask, pos, query_pos, enabled=self.grad_checkpointing
+            )
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 
@@ -222,6 +242,8 @@ class Transformer(nn.Module):
         dropout: dropout everywhere in the transformer.
         activation: ``relu`` or ``gelu``.
         normalize_before: pre-norm layers (and a final encoder LayerNorm) instead of post-norm.
+        grad_checkpointing: recompute every encoder and decoder layer's activations in the backward pass
+            instead of keeping them: less memory, the same gradients.
     """
 
     def __init__(
@@ -234,6 +256,7 @@ class Transformer(nn.Module):
         dropout: float = 0.1,
         activation: str = "relu",
         normalize_before: bool = False,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         layer_args = (d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
@@ -241,9 +264,13 @@ class Transformer(nn.Module):
             TransformerEncoderLayer(*layer_args),
             num_encoder_layers,
             nn.LayerNorm(d_model) if normalize_before else None,
+            grad_checkpointing,
         )
         self.decoder = TransformerDecoder(
-            TransformerDecoderLayer(*layer_args), num_decoder_layers, nn.LayerNorm(d_model)
+            TransformerDecoderLayer(*layer_args),
+            num_decoder_layers,
+            nn.LayerNorm(d_model),
+            grad_checkpointing,
         )
         self.d_model = d_model
         self.nhead = nhead

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vtrain.layers import checkpoint_seq
+
 
 def gelu2(x: torch.Tensor) -> torch.Tensor:
     """The official activation ``x * sigmoid(1.702 x)``, a sigmoid approximation of GELU."""
@@ -173,6 +175,9 @@ class ImageGPT(nn.Module):
         causal: True for the autoregressive objective, False for BERT (no causal mask, no ``sos``).
         num_classes: outputs of the fine-tuning classifier on the mean-pooled final features (0: none).
         eps: epsilon of the norms.
+        grad_checkpointing: recompute each layer's activations in the backward pass instead of keeping them
+            (``vtrain.layers.checkpoint_seq``): less memory, about one more forward of compute, the same
+            gradients. Sampling runs without grad and is unaffected.
     """
 
     def __init__(
@@ -186,11 +191,13 @@ class ImageGPT(nn.Module):
         causal: bool = True,
         num_classes: int = 0,
         eps: float = 1e-5,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size, self.img_size, self.embed_dim = vocab_size, img_size, embed_dim
         self.depth, self.num_heads, self.causal, self.num_classes = depth, num_heads, causal, num_classes
         self.seq_len = img_size * img_size
+        self.grad_checkpointing = grad_checkpointing
         self.wte = nn.Embedding(vocab_size, embed_dim)
         self.wpe = nn.Parameter(torch.zeros(self.seq_len, embed_dim))
         self.sos = nn.Parameter(torch.zeros(embed_dim)) if causal else None
@@ -223,6 +230,16 @@ class ImageGPT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Embeddings are not decayed (besides the 1-D gains and ``sos`` the optimizer groups skip)."""
         return {"wpe", "wte.weight"}
+
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` for layer-wise LR decay (``vtrain.tasks.common.layer_decay_groups``),
+        the ViT rule on iGPT's names: 0 for the embeddings (``wte``, ``wpe``, ``sos``), ``i + 1`` for
+        ``blocks.i.*``, ``depth + 1`` for the final norm and both heads."""
+        if name in ("wpe", "sos") or name.startswith("wte."):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.depth + 1
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.ndim != 2 or not 0 < tokens.shape[1] <= self.seq_len:
@@ -267,8 +284,7 @@ class ImageGPT(nn.Module):
                 x = x * (~mask)[..., None].to(x.dtype)
             x = x + self.wpe[: tokens.shape[1]]
         depth = self.depth if layer is None else layer
-        for block in self.blocks[:depth]:
-            x = block(x)
+        x = checkpoint_seq(self.blocks[:depth], x, self.grad_checkpointing)
         if depth == self.depth:
             return self.norm(x)
         return F.rms_norm(x, (x.shape[-1],), eps=self.norm.eps)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from vtrain.layers import sincos_2d_pos_embed
+from vtrain.layers import checkpoint_seq, sincos_2d_pos_embed
 from vtrain.models.vit.model import Block, PatchEmbed
 
 
@@ -149,14 +148,6 @@ class MaskedAutoencoder(nn.Module):
         mask[:, :keep] = 0
         return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
-    def _run(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for block in blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
     def forward_encoder(
         self, images: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,7 +156,7 @@ class MaskedAutoencoder(nn.Module):
         x = self.patch_embed(images) + self.pos_embed[:, 1:]
         x, mask, ids_restore = self.random_masking(x, noise)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = self._run(self.blocks, torch.cat([cls, x], dim=1))
+        x = checkpoint_seq(self.blocks, torch.cat([cls, x], dim=1), self.grad_checkpointing)
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -174,7 +165,8 @@ class MaskedAutoencoder(nn.Module):
         B, N, D = x.shape[0], ids_restore.shape[1], x.shape[2]
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(B, N + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[:, :, None].expand(-1, -1, D))
-        x = self._run(self.decoder_blocks, torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed)
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        x = checkpoint_seq(self.decoder_blocks, x, self.grad_checkpointing)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:

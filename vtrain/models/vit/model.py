@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from vtrain.layers import Attention, DropPath, Mlp, resample_abs_pos_embed
+from vtrain.layers import Attention, DropPath, Mlp, checkpoint_seq, resample_abs_pos_embed
 
 # VisionTransformer(weight_init=...): the official JAX code's initialisation or DeiT's (timm 0.3.2's)
 WEIGHT_INITS = ("jax", "deit")
@@ -126,6 +126,9 @@ class VisionTransformer(nn.Module):
         global_pool: ``'token'`` classifies the class token, ``'avg'`` the mean of the patch tokens.
         weight_init: ``'jax'``, the official JAX code's initialisation (the ViT experiments), or
             ``'deit'``, DeiT's (timm 0.3.2's VisionTransformer, which DeiT trains): see ``init_weights``.
+        grad_checkpointing: recompute each block's activations in the backward pass instead of keeping
+            them (``vtrain.layers.checkpoint_seq``): less memory, about one more forward of compute, the
+            same gradients. Settable later as the attribute of that name.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         global_pool: str = "token",
         weight_init: str = "jax",
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -158,6 +162,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.num_features = representation_size or embed_dim
+        self.grad_checkpointing = grad_checkpointing
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -249,6 +254,23 @@ class VisionTransformer(nn.Module):
         """Parameters the recipes keep out of weight decay besides 1-D ones (as in the official code)."""
         return {"pos_embed", "cls_token"}
 
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` for layer-wise LR decay (``vtrain.tasks.common.layer_decay_groups``):
+        0 for the embeddings (``cls_token``, ``pos_embed``, ``patch_embed.*``; a distillation token
+        ``dist_token`` too, as timm's DeiT ``group_matcher``), ``i + 1`` for ``blocks.i.*``, ``depth + 1``
+        for the final norm, the representation layer and the head. The rule of BEiT's
+        ``get_layer_id_for_vit``, which MAE's fine-tuning uses (facebookresearch/mae util/lr_decay.py:64-76
+        at efb2a80)."""
+        if name in ("cls_token", "dist_token", "pos_embed") or name.startswith("patch_embed."):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+
+    def prefix_tokens(self, batch_size: int) -> list[torch.Tensor]:
+        """The learned tokens put in front of the patch tokens, each [B, 1, D]: the class token."""
+        return [self.cls_token.expand(batch_size, -1, -1)]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Encode images.
 
@@ -256,18 +278,19 @@ class VisionTransformer(nn.Module):
             x: images [B, C, H, W] with (H, W) == ``img_size``.
 
         Returns:
-            tokens [B, 1 + N, D] after the final LayerNorm; index 0 is the class token.
+            tokens [B, P + N, D] after the final LayerNorm, the P ``prefix_tokens`` first (index 0: the class
+            token).
         """
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
-                f"VisionTransformer expects {self.img_size[0]}x{self.img_size[1]} input images (img_size), "
-                f"found {x.shape[-2]}x{x.shape[-1]} (input shape {tuple(x.shape)}); build the model with "
-                "that img_size or call model.set_img_size() to resample the position embeddings"
+                f"{type(self).__name__} expects {self.img_size[0]}x{self.img_size[1]} input images "
+                f"(img_size), found {x.shape[-2]}x{x.shape[-1]} (input shape {tuple(x.shape)}); build the "
+                "model with that img_size or call model.set_img_size() to resample the position embeddings"
             )
         x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = torch.cat([*self.prefix_tokens(x.shape[0]), x], dim=1)
         x = self.pos_drop(x + self.pos_embed)
-        x = self.blocks(x)
+        x = checkpoint_seq(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
