@@ -105,7 +105,8 @@ def mae_ft_layer_decay(cfg: DictConfig) -> None:
     """util/lr_decay.py:15-76 (param_groups_lrd with get_layer_id_for_vit) written out: of 12 blocks,
     cls_token / pos_embed / patch_embed at 0.65^13, block i at 0.65^(12 - i), fc_norm and head at 1; weight
     decay 0.05 except on 1-D parameters, pos_embed and cls_token (timm's no_weight_decay)."""
-    model = _classifier(cfg)
+    with torch.device("meta"):  # names and shapes only
+        model = instantiate(cfg.model, pretrained="scratch")
     groups = layer_decay_groups(model, cfg.task.weight_decay, cfg.task.layer_decay)
     found = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     num_layers = 12 + 1
@@ -175,6 +176,7 @@ def mae_probe_model(cfg: DictConfig) -> None:
     model = _classifier(cfg, depth=2)
     assert model.global_pool == "token" and isinstance(model.norm, nn.LayerNorm)
     assert isinstance(model.fc_norm, nn.Identity)
+    assert isinstance(model.head, nn.Sequential) and len(model.head) == 2, model.head
     bn, linear = model.head
     assert isinstance(bn, nn.BatchNorm1d) and not bn.affine and bn.eps == 1e-6 and bn.num_features == 768
     assert isinstance(linear, nn.Linear) and linear.out_features == 1000
