@@ -1,5 +1,5 @@
-"""The MAE recipe checks (tests/recipe_checks/mae.py, mae_finetune.py) fail when the recipe item they stand for is changed,
-so that a card row pointing at one cannot pass on a drifted config."""
+"""The MAE recipe checks (tests/recipe_checks/mae.py, mae_finetune.py) fail when the recipe item they stand
+for is changed, so that a card row pointing at one cannot pass on a drifted config."""
 
 from __future__ import annotations
 

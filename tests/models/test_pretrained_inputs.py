@@ -60,7 +60,7 @@ REQUIRED = {
     "vit_b16_imagenet_ft384": [("model.pretrained", "the 224 px ImageNet-1k ViT-B/16 to fine-tune")],
     "igpt_cifar10_probe": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
     "igpt_cifar10_finetune": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
-    "mae_vit_b16_finetune": [("model.pretrained", "MAE ViT-B/16 encoder to fine-tune: official mae_pretrain")],
+    "mae_vit_b16_finetune": [("model.pretrained", "MAE ViT-B/16 encoder to fine-tune: official mae_pre")],
     "mae_vit_b16_linprobe": [("model.pretrained", "MAE ViT-B/16 encoder to probe: official mae_pretrain")],
     "mae_tiny_finetune": [("model.pretrained", "mae_tiny encoder to fine-tune: a mae_tiny run's checkpoint")],
 }
