@@ -43,6 +43,9 @@ NEEDS = {
     "ttsr_rec_cufed": ["model.vgg_weights=scratch"],
     "igpt_cifar10_probe": ["model.pretrained=scratch"],
     "igpt_cifar10_finetune": ["model.pretrained=scratch"],
+    "mae_vit_b16_finetune": ["model.pretrained=scratch"],
+    "mae_vit_b16_linprobe": ["model.pretrained=scratch"],
+    "mae_tiny_finetune": ["model.pretrained=scratch"],
 }
 
 

@@ -2,8 +2,9 @@ import math
 
 import pytest
 import torch
+from timm.optim import Lars as TimmLars
 
-from vtrain.optim import warmup_schedule
+from vtrain.optim import LARS, warmup_schedule
 
 
 def _lrs(**kwargs) -> list[float]:
@@ -51,3 +52,45 @@ def test_step_decay_at_step_milestones():
     lrs = _lrs(total_steps=180, warmup_steps=5, decay="step", milestone_steps=[120, 160], gamma=0.1)
     assert lrs[119] == pytest.approx(1.0) and lrs[120] == pytest.approx(0.1)
     assert lrs[159] == pytest.approx(0.1) and lrs[160] == pytest.approx(0.01)
+
+
+def _official_lars_steps(params, grads, lr, weight_decay, momentum=0.9, trust=0.001):
+    """facebookresearch/mae util/lars.py:22-47 (MoCo v3's LARS) written out, one parameter at a time."""
+    params = [p.clone() for p in params]
+    mus = [torch.zeros_like(p) for p in params]
+    for step_grads in grads:
+        for i, (p, g) in enumerate(zip(params, step_grads, strict=True)):
+            if p.ndim > 1:
+                g = g + weight_decay * p
+                p_norm, g_norm = p.norm().item(), g.norm().item()
+                if p_norm > 0 and g_norm > 0:
+                    g = g * (trust * p_norm / g_norm)
+            mus[i] = momentum * mus[i] + g
+            params[i] = p - lr * mus[i]
+    return params
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_lars_matches_the_official_update_rule(weight_decay):
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 7, generator=gen), torch.randn(5, generator=gen), torch.zeros(3, 2)]
+    grads = [[torch.randn(p.shape, generator=gen) for p in start] for _ in range(4)]
+    expected = _official_lars_steps(start, grads, lr=0.5, weight_decay=weight_decay)
+
+    def run(optimizer_class, **kwargs):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = optimizer_class(params, lr=0.5, weight_decay=weight_decay, momentum=0.9, **kwargs)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        return [p.detach() for p in params]
+
+    ours = run(LARS)
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    # timm's Lars is another rule: no trust ratio at weight decay 0 (unless always_adapt), 1-D scaled too
+    timm = run(TimmLars, trust_coeff=0.001, always_adapt=True)
+    assert not torch.allclose(timm[1], expected[1], rtol=1e-3)
+    if weight_decay == 0.0:
+        assert not torch.allclose(run(TimmLars)[0], expected[0], rtol=1e-3)

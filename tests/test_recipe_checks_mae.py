@@ -1,5 +1,5 @@
-"""The MAE recipe checks (tests/recipe_checks/mae.py) fail when the recipe item they stand for is changed,
-so that a card row pointing at one cannot pass on a drifted config."""
+"""The MAE recipe checks (tests/recipe_checks/mae.py, mae_finetune.py) fail when the recipe item they stand
+for is changed, so that a card row pointing at one cannot pass on a drifted config."""
 
 from __future__ import annotations
 
@@ -29,3 +29,29 @@ def test_an_mae_check_fails_on_a_drifted_recipe(check, override):
     load_all()[check](_composed("mae_vit_b16_imagenet"))  # holds on the experiment as shipped
     with pytest.raises(AssertionError):
         load_all()[check](_composed("mae_vit_b16_imagenet", override))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "check", "override"),
+    [
+        ("mae_vit_b16_finetune", "mae_ft_model", "model.drop_path_rate=0.2"),
+        ("mae_vit_b16_finetune", "mae_ft_model", "model.global_pool=token"),
+        ("mae_vit_b16_finetune", "mae_ft_model", "model.head_init_std=0.02"),
+        ("mae_vit_b16_finetune", "mae_ft_layer_decay", "task.layer_decay=0.75"),
+        ("mae_vit_b16_finetune", "mae_ft_lr_rule", "task.optimizer.lr=1.0e-3"),
+        ("mae_vit_b16_finetune", "mae_ft_lr_rule", "task.scheduler.min_lr_ratio=0.0"),
+        ("mae_vit_b16_finetune", "mae_ft_schedule", "task.scheduler.warmup_epochs=10"),
+        ("mae_vit_b16_finetune", "mae_ft_train_transform", "data.timm_train.re_prob=0.0"),
+        ("mae_vit_b16_finetune", "mae_ft_eval_transform", "data.crop_pct=1.0"),
+        ("mae_vit_b16_linprobe", "mae_probe_model", "model.linear_probe=false"),
+        ("mae_vit_b16_linprobe", "mae_probe_model", "model.global_pool=avg"),
+        ("mae_vit_b16_linprobe", "mae_probe_lars", "task.optimizer.trust_coefficient=0.01"),
+        ("mae_vit_b16_linprobe", "mae_probe_lr_rule", "global_batch.paper=4096"),
+        ("mae_vit_b16_linprobe", "mae_probe_schedule", "task.scheduler.warmup_epochs=5"),
+        ("mae_vit_b16_linprobe", "mae_probe_train_transform", "data.crop_scale=[0.2,1.0]"),
+    ],
+)
+def test_an_mae_finetune_check_fails_on_a_drifted_recipe(experiment, check, override):
+    """Only the drifted config here: tests/test_recipes.py runs every check on the experiment as shipped."""
+    with pytest.raises(AssertionError):
+        load_all()[check](_composed(experiment, override))

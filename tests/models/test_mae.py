@@ -1,18 +1,27 @@
 """MAE (vtrain.models.mae): the sine-cosine tables, masking, transformers' ViTMAEForPreTraining given the same
-weights and noise, the official checkpoints' key names, and the presets' parameter counts."""
+weights and noise, the official checkpoints' key names, the presets' parameter counts, and the fine-tuning and
+linear-probe classifiers the encoder is loaded into."""
 
 import logging
 import math
 
 import numpy as np
 import pytest
+import timm
 import torch
+import torch.nn.functional as F
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 from vtrain.layers import sincos_2d_pos_embed
 from vtrain.models import create_model
-from vtrain.models.mae import PRESETS, MaskedAutoencoder, convert_transformers_mae, load_mae_checkpoint
+from vtrain.models.mae import (
+    PRESETS,
+    MaskedAutoencoder,
+    convert_transformers_mae,
+    load_mae_checkpoint,
+    load_mae_encoder,
+)
 from vtrain.models.vit import VisionTransformer, load_vit_checkpoint
 
 # 32 x 32 images in 8 x 8 patches: a 4 x 4 grid of 16 patches, 4 of them kept at the default 75 % masking
@@ -308,3 +317,119 @@ def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
     # the masking noise is drawn inside the forward, from the same seed in both runs
     blocks = SMALL["depth"] + SMALL["decoder_depth"]
     assert_checkpointing_changes_nothing(plain, checkpointed, lambda m: m(images)[0], blocks, monkeypatch)
+
+
+# ------------------------------------------------------------------------- fine-tuning and linear probing
+
+# SMALL's encoder as a classifier (mae_vit_b16_classifier's head on a tiny encoder)
+CLASSIFIER = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+
+
+def _pretrained_mae(tmp_path, encoder_only: bool):
+    """A randomised MAE saved as the official files: mae_pretrain (encoder only) or mae_visualize (whole)."""
+    torch.manual_seed(0)
+    source = MaskedAutoencoder(**SMALL).eval()
+    with torch.no_grad():
+        for name, param in source.named_parameters():
+            param.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+    state_dict = source.state_dict()
+    if encoder_only:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("decoder", "mask_token"))}
+    path = tmp_path / ("mae_pretrain.pth" if encoder_only else "mae_visualize.pth")
+    torch.save({"model": state_dict}, path)
+    return source, path
+
+
+def test_official_finetuned_checkpoint_gives_timms_logits(tmp_path):
+    """mae_finetuned_vit_*.pth (models_vit.py with global_pool: fc_norm.*, head.*, no norm.*) loads whole
+    and gives the logits of timm's ViT built with global_pool='avg', fc_norm=True."""
+    torch.manual_seed(0)
+    timm_vit = timm.models.vision_transformer.VisionTransformer(**CLASSIFIER, global_pool="avg", fc_norm=True)
+    with torch.no_grad():
+        for name, param in timm_vit.named_parameters():
+            param.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+    path = tmp_path / "mae_finetuned_vit_tiny.pth"
+    torch.save({"model": timm_vit.state_dict()}, path)
+    ours = create_model("mae_vit_b16_classifier", pretrained=path, **CLASSIFIER)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, found = timm_vit.eval()(images), ours.eval()(images)
+    assert expected.std() > 0.1
+    assert (found - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("encoder_only", [True, False])
+def test_pretrained_mae_loads_into_the_finetuning_classifier(tmp_path, caplog, encoder_only):
+    """main_finetune.py:233-257: every encoder weight but the final norm (fc_norm takes its place and keeps
+    LayerNorm's 1 / 0), the decoder dropped with a count, the head drawn with std 2e-5 and a zero bias."""
+    source, path = _pretrained_mae(tmp_path, encoder_only)
+    with caplog.at_level(logging.INFO):
+        model = create_model("mae_vit_b16_classifier", pretrained=path, **CLASSIFIER)
+    for key, value in source.state_dict().items():
+        if not key.startswith(("decoder", "mask_token", "norm.")):
+            assert torch.equal(model.state_dict()[key], value), key
+    assert not encoder_only or "decoder keys" not in caplog.text
+    decoder_keys = sum(k.startswith(("decoder", "mask_token")) for k in source.state_dict())
+    assert encoder_only or f"dropped the {decoder_keys} decoder keys" in caplog.text
+    assert torch.equal(model.fc_norm.weight, torch.ones(48))
+    assert torch.equal(model.fc_norm.bias, torch.zeros(48))
+    assert 1.0e-5 < model.head.weight.std().item() < 3.0e-5 and not model.head.bias.any()
+    assert model.global_pool == "avg" and isinstance(model.norm, torch.nn.Identity)
+
+
+def test_linear_probe_reads_the_mae_encoders_class_token(tmp_path):
+    """main_linprobe.py:189-227: the class token after the encoder's norm, which is the MAE encoder's output
+    on the whole image; BatchNorm1d without affine (eps 1e-6) before the head; only the head trains."""
+    source, path = _pretrained_mae(tmp_path, encoder_only=True)
+    model = create_model(
+        "mae_vit_b16_classifier", pretrained=path, global_pool="token", linear_probe=True, head_init_std=0.01,
+        **CLASSIFIER,
+    ).eval()  # fmt: skip
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    source.mask_ratio = 0.0  # keep every patch, in patch order
+    with torch.no_grad():
+        latent, _, _ = source.forward_encoder(images, torch.arange(16.0).expand(2, -1))
+        features = model.forward_features(images)[:, 0]
+    assert (features - latent[:, 0]).abs().max() <= 1e-5
+    bn, linear = model.head
+    assert isinstance(bn, torch.nn.BatchNorm1d) and not bn.affine and bn.eps == 1e-6
+    assert 0.008 < linear.weight.std().item() < 0.012
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trained == ["head.1.bias", "head.1.weight"]
+
+
+def test_pretrained_position_table_is_interpolated_bicubically(tmp_path):
+    """util/pos_embed.py:75-96: the 4 x 4 grid to 6 x 6 by F.interpolate(bicubic, align_corners=False), the
+    class-token row kept."""
+    source, path = _pretrained_mae(tmp_path, encoder_only=True)
+    model = create_model("mae_vit_b16_classifier", pretrained=path, **{**CLASSIFIER, "img_size": 48})
+    table = source.pos_embed
+    grid = table[:, 1:].reshape(1, 4, 4, 48).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    expected = torch.cat([table[:, :1], grid.flatten(1, 2)], dim=1)
+    assert (model.pos_embed - expected).abs().max() <= 1e-6
+
+
+def test_a_head_of_another_size_is_re_initialised_and_a_foreign_file_refused(tmp_path, caplog):
+    source = create_model("mae_vit_b16_classifier", **{**CLASSIFIER, "num_classes": 1000})
+    torch.save({"model": source.state_dict()}, tmp_path / "in1k.pth")
+    with caplog.at_level(logging.WARNING):
+        model = load_mae_encoder(create_model("mae_vit_b16_classifier", **CLASSIFIER), tmp_path / "in1k.pth")
+    assert "head does not fit" in caplog.text and model.head.weight.shape == (10, 48)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+    torch.save({"model": {"conv.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth does not fit VisionTransformer: missing keys"):
+        load_mae_encoder(create_model("mae_vit_b16_classifier", **CLASSIFIER), tmp_path / "other.pth")
+
+
+def test_classifier_presets_are_the_official_vits():
+    with torch.device("meta"):
+        b16 = create_model("mae_vit_b16_classifier", num_classes=1000)
+        l16 = create_model("mae_vit_l16_classifier", num_classes=1000)
+    assert sum(p.numel() for p in b16.parameters()) == 86_567_656  # = vit_b16 (models_vit.py:56-60)
+    assert sum(p.numel() for p in l16.parameters()) == 304_326_632
+    # mae_tiny_classifier takes every encoder weight of mae_tiny, shape for shape
+    tiny = create_model("mae_tiny_classifier", num_classes=10).state_dict()
+    mae = PRESETS["mae_tiny"]().state_dict()
+    encoder = {k: v for k, v in mae.items() if not k.startswith(("decoder", "mask_token", "norm."))}
+    assert all(tiny[k].shape == v.shape for k, v in encoder.items())

@@ -60,6 +60,9 @@ REQUIRED = {
     "vit_b16_imagenet_ft384": [("model.pretrained", "the 224 px ImageNet-1k ViT-B/16 to fine-tune")],
     "igpt_cifar10_probe": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
     "igpt_cifar10_finetune": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
+    "mae_vit_b16_finetune": [("model.pretrained", "MAE ViT-B/16 encoder to fine-tune: official mae_pre")],
+    "mae_vit_b16_linprobe": [("model.pretrained", "MAE ViT-B/16 encoder to probe: official mae_pretrain")],
+    "mae_tiny_finetune": [("model.pretrained", "mae_tiny encoder to fine-tune: a mae_tiny run's checkpoint")],
 }
 # smaller networks of the same layout, to keep the tests fast (the backbones keep their size)
 SHRINK = {
@@ -93,6 +96,8 @@ NOTHING_REQUIRED = [
 
 def _shrink(experiment: str) -> list[str]:
     overrides = SHRINK.get(experiment.split("_")[0], [])
+    if experiment.endswith(("_finetune", "_linprobe")) and experiment.startswith("mae_"):
+        overrides = SHRINK["vit"]  # the MAE classifiers are ViTs: no decoder
     if experiment == "detr_finetune_custom":  # its class count is read from the data set otherwise
         overrides = [*overrides, "model.num_classes=11"]
     return overrides

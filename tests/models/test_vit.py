@@ -91,6 +91,16 @@ def test_small_vit_matches_timm(overrides):
         assert_close_to_scale(ours.forward_features(x), theirs.forward_features(x), 1e-5)
 
 
+def test_fc_norm_matches_timm_avg_pooling_with_fc_norm():
+    """fc_norm=True: the patch tokens are averaged, then normalised (timm's fc_norm; MAE's models_vit.py);
+    the same state dict (no ``norm.*``, ``fc_norm.*`` instead) and the same logits as timm."""
+    theirs = _randomize(TimmVisionTransformer(**SMALL, global_pool="avg", fc_norm=True))
+    ours = VisionTransformer(**SMALL, global_pool="avg", fc_norm=True).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert "fc_norm.weight" in ours.state_dict() and "norm.weight" not in ours.state_dict()
+    _assert_same_output(ours, theirs, torch.randn(3, 3, 32, 32))
+
+
 def test_representation_layer_is_tanh_linear_before_head():
     # timm dropped the representation layer: its pooled features + a hand-written tanh layer are the reference
     trunk = _randomize(TimmVisionTransformer(**{**SMALL, "num_classes": 0}))

@@ -124,6 +124,9 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: dropout on the attention probabilities.
         drop_path_rate: stochastic depth of the last block; rates rise linearly from 0 at the first block.
         global_pool: ``'token'`` classifies the class token, ``'avg'`` the mean of the patch tokens.
+        fc_norm: move the final LayerNorm after the pooling (timm's ``fc_norm``): ``norm`` becomes an identity
+            and ``fc_norm`` normalises the pooled features, as MAE's fine-tuned models (facebookresearch/mae
+            models_vit.py:27-32, :46-48 at efb2a80: mean of the patch tokens, then ``fc_norm``).
         weight_init: ``'jax'``, the official JAX code's initialisation (the ViT experiments), or
             ``'deit'``, DeiT's (timm 0.3.2's VisionTransformer, which DeiT trains): see ``init_weights``.
         grad_checkpointing: recompute each block's activations in the backward pass instead of keeping
@@ -149,6 +152,7 @@ class VisionTransformer(nn.Module):
         global_pool: str = "token",
         weight_init: str = "jax",
         grad_checkpointing: bool = False,
+        fc_norm: bool = False,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -176,7 +180,8 @@ class VisionTransformer(nn.Module):
                 for rate in rates
             ]
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if fc_norm else nn.Identity()
         if representation_size is None:
             self.pre_logits = nn.Identity()
         else:
@@ -278,8 +283,8 @@ class VisionTransformer(nn.Module):
             x: images [B, C, H, W] with (H, W) == ``img_size``.
 
         Returns:
-            tokens [B, P + N, D] after the final LayerNorm, the P ``prefix_tokens`` first (index 0: the class
-            token).
+            tokens [B, P + N, D] after the final LayerNorm (before it with ``fc_norm``, which normalises the
+            pooled features instead), the P ``prefix_tokens`` first (index 0: the class token).
         """
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
@@ -304,7 +309,7 @@ class VisionTransformer(nn.Module):
             logits [B, num_classes], or features [B, num_features] when ``pre_logits``.
         """
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.pre_logits(x)
+        x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
