@@ -242,6 +242,11 @@ class PanopticDataModule(DetectionDataModule):
         return self.test_set
 
     def _load(self, split: str, train: bool) -> CocoPanoptic:
+        if self.format != "folders":
+            raise ValueError(
+                f"PanopticDataModule: data.format={self.format!r} is not available for COCO panoptic yet "
+                "(python -m vtrain.data.shards converts imagenet, cifar10, cifar100 and coco); use folders"
+            )
         transform = self.train_transform if train else self.eval_transform
         dataset = CocoPanoptic(
             self.root, split, transform=transform, masks=self.masks, skip_corrupt=self.skip_corrupt

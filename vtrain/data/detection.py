@@ -27,7 +27,7 @@ from vtrain.data.detection_transforms import (
     IMAGENET_STD,
     build_detr_transforms,
 )
-from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
+from vtrain.data.loading import LoaderMixin, check_format, corrupt_images_skipped, training_set
 from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
@@ -56,6 +56,8 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         holdout: validate on a part of the training images instead, left out of training: a fraction in
             (0, 1) or a count, drawn at random by image; None: no hold-out.
         holdout_seed: the seed that picks the held-out images.
+        format: "folders" (the layout above) or "shards": ``root`` is a shard directory that
+            ``python -m vtrain.data.shards coco`` wrote (see vtrain.data.shards and docs/data.md).
 
     Every split gets DETR's targets, crowd regions left out (the validation loss is the training loss);
     COCO mAP is computed against ``val_annotation_file`` / ``test_annotation_file``, where the crowd regions
@@ -89,8 +91,10 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         train_subset: int | None = None,
         holdout: float | int | None = None,
         holdout_seed: int = 0,
+        format: str = "folders",
     ) -> None:
         super().__init__()
+        self.format = check_format(format, tiny, type(self).__name__)
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self._init_splits(holdout, holdout_seed)
         self.num_classes, self.tiny, self.train_subset = num_classes, tiny, train_subset
@@ -136,7 +140,9 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
     def _load(self, split: str, train: bool) -> CocoDetection:
         """``split`` with the train or the eval transforms, its label space checked."""
         transform = self.train_transform if train else self.eval_transform
-        dataset = CocoDetection(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+        dataset = CocoDetection(
+            self.root, split, transform=transform, skip_corrupt=self.skip_corrupt, format=self.format
+        )
         if self.num_classes is None:
             self.num_classes = dataset.num_classes
         if dataset.num_classes != self.num_classes:
