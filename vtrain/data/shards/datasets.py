@@ -42,7 +42,7 @@ class ShardImageLoader(ImageFileLoader):
     def open(self, path: str | Path) -> Image.Image:
         name = Path(os.path.relpath(path, self.folder)).as_posix()
         index = self.shards.position(name)
-        data, _ = self.shards.image_bytes(index)
+        data = self.shards.image_bytes(index)
         return open_rgb(io.BytesIO(data), f"{name} (sample {sample_key(index)} in {self.shards.directory})")
 
 

@@ -18,6 +18,7 @@ import contextlib
 import io
 import itertools
 import json
+import mmap
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -162,8 +163,9 @@ class ShardSplit:
         ``samples.json`` (labels, class names); ``manifest`` the directory's manifest.
 
     Each tar is opened on first use in each process (``wids.IndexedTarSamples``: memory-mapped, its member
-    index built from the tar headers) and read in place: no copy, no lock files, so a read-only file system
-    works. The object pickles to DataLoader workers without its open files.
+    index built from the tar headers; each member's name is checked) and read in place: no copy, no lock
+    files, so a read-only file system works. The object pickles to DataLoader workers without its open
+    files.
     """
 
     def __init__(self, root: str | Path, datasets: tuple[str, ...], split: str) -> None:
@@ -199,7 +201,7 @@ class ShardSplit:
                 f"samples, {SAMPLE_INDEX} lists {len(self.files)}; convert the data set again"
             )
         self._positions: dict[str, int] | None = None
-        self._open: dict[int, wids.wids.IndexedTarSamples] = {}
+        self._open: dict[int, tuple[mmap.mmap, list[dict[str, tuple[int, int]]]]] = {}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -215,35 +217,52 @@ class ShardSplit:
             raise KeyError(f"{self.directory}: no sample for the file {file!r} in the {self.split} shards")
         return self._positions[file]
 
-    def __getitem__(self, index: int) -> dict[str, bytes]:
+    def _shard(self, index: int) -> tuple[mmap.mmap, list[dict[str, tuple[int, int]]], int]:
+        """(the memory-mapped tar, (start, size) of each member of each of its samples by extension, the
+        position of sample ``index`` in it), the tar opened and checked on first use in this process."""
         if not 0 <= index < len(self.files):
             raise IndexError(f"{self.directory}: sample {index} of {len(self.files)}")
         shard = bisect.bisect_right(self._ends, index)
+        first = self._ends[shard - 1] if shard else 0
         if shard not in self._open:
             path = self._shard_files[shard]
-            expected = self._ends[shard] - (self._ends[shard - 1] if shard else 0)
             tar = wids.wids.IndexedTarSamples(path=str(path))
-            if len(tar) != expected:
-                raise ShardFormatError(f"{path}: {len(tar)} samples, {SHARD_INDEX} counts {expected}")
-            self._open[shard] = tar
-        sample = self._open[shard][index - (self._ends[shard - 1] if shard else 0)]
-        if sample["__key__"] != sample_key(index):
-            raise ShardFormatError(
-                f"{self._shard_files[shard]}: expected the sample key {sample_key(index)}, found "
-                f"{sample['__key__']}"
-            )
-        return {name: value.getvalue() for name, value in sample.items() if name.startswith(".")}
+            if len(tar) != self._ends[shard] - first:
+                raise ShardFormatError(
+                    f"{path}: {len(tar)} samples, {SHARD_INDEX} counts {self._ends[shard] - first}"
+                )
+            samples = []
+            for position, files in enumerate(tar.samples):
+                members = {}
+                for file in files:
+                    name, offset, size = tar.reader.by_index[file]
+                    key, extension = name.split(".", 1)
+                    if key != sample_key(first + position):
+                        raise ShardFormatError(
+                            f"{path}: expected the members of sample {sample_key(first + position)}, "
+                            f"found {name}"
+                        )
+                    members["." + extension] = (offset + 512, size)  # the data follows its 512-byte header
+                samples.append(members)
+            self._open[shard] = (tar.reader.mmapped_file, samples)
+        data, samples = self._open[shard]
+        return data, samples, index - first
 
-    def image_bytes(self, index: int) -> tuple[bytes, dict[str, bytes]]:
-        """The encoded image of sample ``index`` (as the source file held it) and all its members."""
-        members = self[index]
-        images = [name for name in members if name in IMAGE_EXTENSIONS]
+    def __getitem__(self, index: int) -> dict[str, bytes]:
+        data, samples, position = self._shard(index)
+        return {name: data[start : start + size] for name, (start, size) in samples[position].items()}
+
+    def image_bytes(self, index: int) -> bytes:
+        """The encoded image of sample ``index``, as the source file held it."""
+        data, samples, position = self._shard(index)
+        images = [name for name in samples[position] if name in IMAGE_EXTENSIONS]
         if len(images) != 1:
             raise ShardFormatError(
                 f"{self.directory}: sample {sample_key(index)} ({self.files[index]}) has members "
-                f"{sorted(members)}, expected one image ({', '.join(IMAGE_EXTENSIONS)})"
+                f"{sorted(samples[position])}, expected one image ({', '.join(IMAGE_EXTENSIONS)})"
             )
-        return members[images[0]], members
+        start, size = samples[position][images[0]]
+        return data[start : start + size]
 
 
 def iter_members(path: str | Path) -> Iterator[tuple[str, bytes]]:
