@@ -20,7 +20,7 @@ from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import CorruptImageError
 from vtrain.data.shards.convert import convert, main, parse_size
 from vtrain.data.shards.datasets import ShardClassification
-from vtrain.data.shards.format import MANIFEST, ShardFormatError, iter_members
+from vtrain.data.shards.format import MANIFEST, ShardFormatError, ShardSplit, iter_members
 
 SMALL = 64 * 1024  # small shards, so that every test set spans several
 
@@ -81,6 +81,13 @@ def test_shards_keep_the_original_bytes_and_labels(tiny, converted):
     assert members["00000007.jpeg"] == Path(path).read_bytes()  # not re-encoded
     assert members["00000007.cls"] == str(label).encode()
     assert json.loads(members["00000007.json"])["file"] == Path(path).relative_to(root / "train").as_posix()
+    split = ShardSplit(shards, ("imagenet",), "train")
+    assert split[7] == {
+        ".jpeg": members["00000007.jpeg"],
+        ".cls": b"%d" % label,
+        ".json": members["00000007.json"],
+    }
+    assert split.files[7] == json.loads(members["00000007.json"])["file"]
     index = json.loads((shards / "train" / "shardindex.json").read_text())
     assert index["__kind__"] == "wids-shard-index-v1"
     assert sum(shard["nsamples"] for shard in index["shardlist"]) == len(folders)
