@@ -15,6 +15,7 @@ from vtrain.data.cifar import CIFAR
 from vtrain.data.classification import ClassificationDataModule
 from vtrain.data.coco import CocoDetection
 from vtrain.data.coco_instance import CocoInstanceSegmentation
+from vtrain.data.coco_panoptic import CocoPanoptic
 from vtrain.data.detection import DetectionDataModule
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import CorruptImageError
@@ -123,6 +124,24 @@ def test_coco_from_shards_equals_folders_one_by_one(tiny, converted, dataset_cla
             (image_a, target_a), (image_b, target_b) = folders[index], sharded[index]
             _same_image(image_a, image_b)
             _same_target(target_a, target_b)
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_coco_panoptic_from_shards_equals_folders_one_by_one(tiny, converted, masks):
+    root, shards = tiny("coco_panoptic_tiny"), converted("coco_panoptic", "coco_panoptic_tiny")
+    for split in ("train", "val"):
+        folders = CocoPanoptic(root, split, masks=masks)
+        sharded = CocoPanoptic(shards, split, masks=masks, format="shards")
+        assert sharded.ids == folders.ids and sharded.categories == folders.categories
+        for index in range(len(folders)):
+            (image_a, target_a), (image_b, target_b) = folders[index], sharded[index]
+            _same_image(image_a, image_b)
+            _same_target(target_a, target_b)
+    # what PQ and box / mask AP are scored against, copied as it is
+    for name in ("panoptic_val2017.json", "instances_val2017.json"):
+        assert (shards / "annotations" / name).read_bytes() == (root / "annotations" / name).read_bytes()
+    pngs = sorted(p.name for p in (root / "annotations" / "panoptic_val2017").iterdir())
+    assert sorted(p.name for p in (shards / "annotations" / "panoptic_val2017").iterdir()) == pngs
 
 
 def test_coco_annotations_travel_with_each_sample(tiny, converted):
@@ -260,6 +279,17 @@ def test_converter_on_real_coco_tiny(shared, tmp_path):
     folders = CocoInstanceSegmentation(root, "train", train=False)
     sharded = CocoInstanceSegmentation(tmp_path / "coco", "train", train=False, format="shards")
     for index in range(0, len(folders), 9):
+        (image_a, target_a), (image_b, target_b) = folders[index], sharded[index]
+        _same_image(image_a, image_b)
+        _same_target(target_a, target_b)
+
+
+def test_converter_on_real_coco_panoptic(shared, tmp_path):
+    root = shared("coco_panoptic")
+    manifest = convert("coco_panoptic", root, tmp_path / "panoptic", parse_size("4MB"))
+    assert manifest["splits"]["val"]["samples"] == 2 and manifest["splits"]["val"]["unreadable"]["count"] == 0
+    folders, sharded = CocoPanoptic(root, "val"), CocoPanoptic(tmp_path / "panoptic", "val", format="shards")
+    for index in range(len(folders)):
         (image_a, target_a), (image_b, target_b) = folders[index], sharded[index]
         _same_image(image_a, image_b)
         _same_target(target_a, target_b)

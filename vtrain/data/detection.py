@@ -57,7 +57,8 @@ class DetectionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
             (0, 1) or a count, drawn at random by image; None: no hold-out.
         holdout_seed: the seed that picks the held-out images.
         format: "folders" (the layout above) or "shards": ``root`` is a shard directory that
-            ``python -m vtrain.data.shards coco`` wrote (see vtrain.data.shards and docs/data.md).
+            ``python -m vtrain.data.shards coco`` wrote (``coco_panoptic`` for the panoptic module; see
+            vtrain.data.shards and docs/data.md).
 
     Every split gets DETR's targets, crowd regions left out (the validation loss is the training loss);
     COCO mAP is computed against ``val_annotation_file`` / ``test_annotation_file``, where the crowd regions

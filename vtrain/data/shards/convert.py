@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import multiprocessing
+import os
 import re
 import shutil
 import sys
@@ -25,14 +26,15 @@ from PIL import Image
 
 from vtrain.data.cifar import CIFAR, VARIANTS
 from vtrain.data.coco import CocoDetection
+from vtrain.data.coco_panoptic import CocoPanoptic
 from vtrain.data.imagenet import IMAGENET_WNIDS, ImageNet
 from vtrain.data.images import _DECODE_ERRORS
-from vtrain.data.shards.format import FORMAT, MANIFEST, VERSION, SplitWriter
-from vtrain.io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from vtrain.data.shards.format import FORMAT, MANIFEST, SEGMENTATION_MEMBER, VERSION, SplitWriter
+from vtrain.io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, temporary_sibling
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("imagenet", "cifar10", "cifar100", "coco")
+DATASETS = ("imagenet", "cifar10", "cifar100", "coco", "coco_panoptic")
 
 # (source file name, members, labels) of one sample, and a reason when its image is unreadable
 Sample = tuple[str, dict[str, bytes], dict[str, int], str | None]
@@ -136,6 +138,44 @@ def coco_samples(root: Path, split: str, workers: int) -> tuple[Iterator[Sample]
     return samples(), {"source": str(dataset.image_folder)}
 
 
+def coco_panoptic_samples(root: Path, split: str, workers: int) -> tuple[Iterator[Sample], dict[str, Any]]:
+    """COCO-panoptic-format ``split``: each image with its segment PNG (``.seg.png``, the file's bytes) and
+    ``.json`` {"image": its entry, "annotation": its entry of the panoptic file (segments_info)}."""
+    dataset = CocoPanoptic(root, split)
+    entries = [dataset.images[image_id] for image_id in dataset.ids]
+
+    def samples() -> Iterator[Sample]:
+        read = _read_images([dataset.image_folder / entry["file_name"] for entry in entries], workers)
+        for entry, (data, problem) in zip(entries, read, strict=True):
+            annotation = dataset.annotations.get(entry["id"])
+            members = {_image_extension(entry["file_name"]): data}
+            if annotation is not None:
+                png = dataset.segmentation_folder / annotation["file_name"]
+                if png.is_file():
+                    members[SEGMENTATION_MEMBER] = png.read_bytes()
+                else:
+                    problem = problem or f"its segment PNG {png} does not exist"
+            members[".json"] = _json({"image": entry, "annotation": annotation})
+            yield entry["file_name"], members, {}, problem
+
+    return samples(), {"source": str(dataset.image_folder)}
+
+
+def _copy_annotations(root: Path, out: Path, names: Iterable[str]) -> None:
+    """Copy ``annotations/<name>`` (files, or folders such as the panoptic PNGs) from ``root`` to ``out``,
+    each atomically (a folder is copied to a temporary name, then renamed)."""
+    for name in names:
+        source, target = root / "annotations" / name, out / "annotations" / name
+        if source.is_dir():
+            temporary = temporary_sibling(target)
+            shutil.copytree(source, temporary)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(temporary, target)
+        elif source.is_file():
+            atomic_write_bytes(target, source.read_bytes())
+
+
 def write_split(
     directory: Path, samples: Iterable[Sample], shard_bytes: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -158,9 +198,10 @@ def write_split(
     return entry
 
 
-def _coco_splits(root: Path) -> list[str]:
-    names = sorted(p.name for p in (root / "annotations").glob("instances_*2017.json"))
-    return [re.fullmatch(r"instances_(.+)2017\.json", name).group(1) for name in names]
+def _coco_splits(root: Path, kind: str) -> list[str]:
+    """The splits with an ``annotations/<kind>_<split>2017.json`` (kind "instances" or "panoptic")."""
+    names = sorted(p.name for p in (root / "annotations").glob(f"{kind}_*2017.json"))
+    return [re.fullmatch(rf"{kind}_(.+)2017\.json", name).group(1) for name in names]
 
 
 def convert(dataset: str, root: str | Path, out: str | Path, shard_bytes: int, workers: int = 1) -> dict:
@@ -185,12 +226,18 @@ def convert(dataset: str, root: str | Path, out: str | Path, shard_bytes: int, w
     elif dataset in VARIANTS:
         for split in ("train", "test"):
             plans[split] = (split, lambda split=split: cifar_samples(root, dataset, split))
-    else:
-        for split in _coco_splits(root):
+    elif dataset == "coco":
+        for split in _coco_splits(root, "instances"):
             plans[split] = (f"{split}2017", lambda split=split: coco_samples(root, split, workers))
-            annotation_file = root / "annotations" / f"instances_{split}2017.json"
             # the annotation files too: vtrain indexes a split from its file, COCOeval scores against it
-            atomic_write_bytes(out / "annotations" / annotation_file.name, annotation_file.read_bytes())
+            _copy_annotations(root, out, [f"instances_{split}2017.json"])
+    else:
+        for split in _coco_splits(root, "panoptic"):
+            plans[split] = (f"{split}2017", lambda split=split: coco_panoptic_samples(root, split, workers))
+            # the panoptic file and its PNGs, which PQ is scored against (PanopticEvaluator reads them by
+            # name), and the instances file for box / mask AP when there is one
+            names = [f"panoptic_{split}2017.json", f"panoptic_{split}2017", f"instances_{split}2017.json"]
+            _copy_annotations(root, out, names)
     if not plans:
         raise FileNotFoundError(f"no {dataset} split found under {root}")
     splits = {}

@@ -36,6 +36,8 @@ SHARD_INDEX = "shardindex.json"
 SAMPLE_INDEX = "samples.json"
 # the image member of a sample: its source file's extension (lowercased), never re-encoded
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# COCO panoptic: the segment-id PNG of the sample's image, as the source file held it
+SEGMENTATION_MEMBER = ".seg.png"
 
 HOW_TO_CONVERT = "convert a data set with: python -m vtrain.data.shards DATASET --root SRC --out DST"
 
@@ -262,6 +264,17 @@ class ShardSplit:
                 f"{sorted(samples[position])}, expected one image ({', '.join(IMAGE_EXTENSIONS)})"
             )
         start, size = samples[position][images[0]]
+        return data[start : start + size]
+
+    def member(self, index: int, extension: str) -> bytes:
+        """The member ``extension`` (".json", ".seg.png", ...) of sample ``index``."""
+        data, samples, position = self._shard(index)
+        if extension not in samples[position]:
+            raise ShardFormatError(
+                f"{self.directory}: sample {sample_key(index)} ({self.files[index]}) has no {extension} "
+                f"member, found {sorted(samples[position])}"
+            )
+        start, size = samples[position][extension]
         return data[start : start + size]
 
 
