@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vtrain.data.cifar import CIFAR
+from vtrain.data.cityscapes import CityscapesSegmentation
 from vtrain.data.classification import ClassificationDataModule
 from vtrain.data.coco import CocoDetection
 from vtrain.data.coco_instance import CocoInstanceSegmentation
@@ -142,6 +143,20 @@ def test_coco_panoptic_from_shards_equals_folders_one_by_one(tiny, converted, ma
         assert (shards / "annotations" / name).read_bytes() == (root / "annotations" / name).read_bytes()
     pngs = sorted(p.name for p in (root / "annotations" / "panoptic_val2017").iterdir())
     assert sorted(p.name for p in (shards / "annotations" / "panoptic_val2017").iterdir()) == pngs
+
+
+def test_cityscapes_from_shards_equals_folders_one_by_one(tiny, converted):
+    root, shards = tiny("cityscapes_tiny"), converted("cityscapes", "cityscapes_tiny")
+    members = dict(m for shard in sorted((shards / "train").glob("*.tar")) for m in iter_members(shard))
+    for split in ("train", "val"):
+        folders = CityscapesSegmentation(root, split)
+        sharded = CityscapesSegmentation(shards, split, format="shards")
+        assert len(sharded) == len(folders) and sharded.scan_counts.counts == folders.scan_counts.counts
+        for index in range(len(folders)):
+            (image_a, labels_a), (image_b, labels_b) = folders[index], sharded[index]
+            assert torch.equal(image_a, image_b) and torch.equal(labels_a, labels_b)
+            if split == "train":
+                assert members[f"{index:08d}.labelids.png"] == folders.labels[index].read_bytes()
 
 
 def test_coco_annotations_travel_with_each_sample(tiny, converted):

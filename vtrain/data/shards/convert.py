@@ -25,16 +25,24 @@ from typing import Any
 from PIL import Image
 
 from vtrain.data.cifar import CIFAR, VARIANTS
+from vtrain.data.cityscapes import CityscapesSegmentation
 from vtrain.data.coco import CocoDetection
 from vtrain.data.coco_panoptic import CocoPanoptic
 from vtrain.data.imagenet import IMAGENET_WNIDS, ImageNet
 from vtrain.data.images import _DECODE_ERRORS
-from vtrain.data.shards.format import FORMAT, MANIFEST, SEGMENTATION_MEMBER, VERSION, SplitWriter
+from vtrain.data.shards.format import (
+    FORMAT,
+    LABEL_MEMBER,
+    MANIFEST,
+    SEGMENTATION_MEMBER,
+    VERSION,
+    SplitWriter,
+)
 from vtrain.io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, temporary_sibling
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("imagenet", "cifar10", "cifar100", "coco", "coco_panoptic")
+DATASETS = ("imagenet", "cifar10", "cifar100", "coco", "coco_panoptic", "cityscapes")
 
 # (source file name, members, labels) of one sample, and a reason when its image is unreadable
 Sample = tuple[str, dict[str, bytes], dict[str, int], str | None]
@@ -161,6 +169,25 @@ def coco_panoptic_samples(root: Path, split: str, workers: int) -> tuple[Iterato
     return samples(), {"source": str(dataset.image_folder)}
 
 
+def cityscapes_samples(root: Path, split: str, workers: int) -> tuple[Iterator[Sample], dict[str, Any]]:
+    """Cityscapes ``split``: each ``leftImg8bit`` image with its ``gtFine`` label-id PNG (``.labelids.png``,
+    the file's bytes) and ``.json`` {"file", "label_file"} (paths under ``leftImg8bit/`` / ``gtFine/``)."""
+    dataset = CityscapesSegmentation(root, split)
+    image_dir = root / "leftImg8bit" / split
+    files = [path.relative_to(image_dir).as_posix() for path in dataset.images]
+
+    def samples() -> Iterator[Sample]:
+        read = _read_images(dataset.images, workers)
+        for file, label, (data, problem) in zip(files, dataset.labels, read, strict=True):
+            label_bytes, label_problem = _read_image(label)
+            info = {"file": f"{split}/{file}", "label_file": label.relative_to(root / "gtFine").as_posix()}
+            members = {".png": data, LABEL_MEMBER: label_bytes, ".json": _json(info)}
+            problem = problem or (label_problem and f"its label file {label}: {label_problem}")
+            yield file, members, {}, problem
+
+    return samples(), {"source": str(image_dir), "scan_counts": dataset.scan_counts.counts}
+
+
 def _copy_annotations(root: Path, out: Path, names: Iterable[str]) -> None:
     """Copy ``annotations/<name>`` (files, or folders such as the panoptic PNGs) from ``root`` to ``out``,
     each atomically (a folder is copied to a temporary name, then renamed)."""
@@ -231,6 +258,10 @@ def convert(dataset: str, root: str | Path, out: str | Path, shard_bytes: int, w
             plans[split] = (f"{split}2017", lambda split=split: coco_samples(root, split, workers))
             # the annotation files too: vtrain indexes a split from its file, COCOeval scores against it
             _copy_annotations(root, out, [f"instances_{split}2017.json"])
+    elif dataset == "cityscapes":
+        for split in ("train", "val", "test"):
+            if (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir():
+                plans[split] = (split, lambda split=split: cityscapes_samples(root, split, workers))
     else:
         for split in _coco_splits(root, "panoptic"):
             plans[split] = (f"{split}2017", lambda split=split: coco_panoptic_samples(root, split, workers))

@@ -38,6 +38,8 @@ SAMPLE_INDEX = "samples.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # COCO panoptic: the segment-id PNG of the sample's image, as the source file held it
 SEGMENTATION_MEMBER = ".seg.png"
+# Cityscapes: the label-id PNG of the sample's image (gtFine ``*_gtFine_labelIds.png``), as the file held it
+LABEL_MEMBER = ".labelids.png"
 
 HOW_TO_CONVERT = "convert a data set with: python -m vtrain.data.shards DATASET --root SRC --out DST"
 
