@@ -17,6 +17,7 @@ from vtrain.data.classification import ClassificationDataModule
 from vtrain.data.coco import CocoDetection
 from vtrain.data.coco_instance import CocoInstanceSegmentation
 from vtrain.data.coco_panoptic import CocoPanoptic
+from vtrain.data.cufed import CUFED5, CUFEDTrain
 from vtrain.data.detection import DetectionDataModule
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import CorruptImageError
@@ -157,6 +158,27 @@ def test_cityscapes_from_shards_equals_folders_one_by_one(tiny, converted):
             assert torch.equal(image_a, image_b) and torch.equal(labels_a, labels_b)
             if split == "train":
                 assert members[f"{index:08d}.labelids.png"] == folders.labels[index].read_bytes()
+
+
+def test_cufed_from_shards_equals_folders_one_by_one(tiny, converted):
+    root, shards = tiny("cufed_tiny"), converted("cufed", "cufed_tiny")
+    train = ShardSplit(shards, ("cufed",), "train")
+    folders, sharded = (
+        CUFEDTrain(root / "train", augment=False),
+        CUFEDTrain(train.directory, augment=False, shards=train),
+    )
+    assert len(sharded) == len(folders) and sharded.scan_counts.counts == folders.scan_counts.counts
+    for index in range(len(folders)):
+        a, b = folders[index], sharded[index]
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    test = ShardSplit(shards, ("cufed",), "test")
+    assert test.directory == shards / "test" / "CUFED5"
+    for level in (1, 5, "lr"):
+        folders, sharded = CUFED5(root / "test" / "CUFED5", level), CUFED5(test.directory, level, shards=test)
+        assert len(sharded) == len(folders)
+        for index in range(len(folders)):
+            a, b = folders[index], sharded[index]
+            assert a["name"] == b["name"] and all(torch.equal(a[k], b[k]) for k in ("lr", "hr", "ref"))
 
 
 def test_coco_annotations_travel_with_each_sample(tiny, converted):

@@ -28,6 +28,8 @@ from vtrain.data.cifar import CIFAR, VARIANTS
 from vtrain.data.cityscapes import CityscapesSegmentation
 from vtrain.data.coco import CocoDetection
 from vtrain.data.coco_panoptic import CocoPanoptic
+from vtrain.data.cufed import CUFED5, CUFEDTrain
+from vtrain.data.cufed import images_in as cufed_images
 from vtrain.data.imagenet import IMAGENET_WNIDS, ImageNet
 from vtrain.data.images import _DECODE_ERRORS
 from vtrain.data.shards.format import (
@@ -42,7 +44,9 @@ from vtrain.io import atomic_write_bytes, atomic_write_text, remove_stale_tempor
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("imagenet", "cifar10", "cifar100", "coco", "coco_panoptic", "cityscapes")
+DATASETS = ("imagenet", "cifar10", "cifar100", "coco", "coco_panoptic", "cityscapes", "cufed")
+# CUFED: the official dataset_dir's training pairs and CUFED5 test folder (data.train_dir, data.test_dir)
+CUFED_SPLITS = {"train": "train", "test": "test/CUFED5"}
 
 # (source file name, members, labels) of one sample, and a reason when its image is unreadable
 Sample = tuple[str, dict[str, bytes], dict[str, int], str | None]
@@ -188,6 +192,25 @@ def cityscapes_samples(root: Path, split: str, workers: int) -> tuple[Iterator[S
     return samples(), {"source": str(image_dir), "scan_counts": dataset.scan_counts.counts}
 
 
+def cufed_samples(root: Path, split: str, workers: int) -> tuple[Iterator[Sample], dict[str, Any]]:
+    """CUFED training pairs ("train": ``input/*`` then ``ref/*``) or CUFED5 ("test": ``NNN_<level>.*``):
+    one sample per image file, its bytes and ``.json`` {"file"}, in the folder readers' order."""
+    folder = root / CUFED_SPLITS[split]
+    if split == "train":
+        dataset = CUFEDTrain(folder)
+        paths = [*dataset.inputs, *dataset.refs]
+    else:
+        dataset = CUFED5(folder)
+        paths = cufed_images(folder, [])
+    files = [path.relative_to(folder).as_posix() for path in paths]
+
+    def samples() -> Iterator[Sample]:
+        for file, (data, problem) in zip(files, _read_images(paths, workers), strict=True):
+            yield file, {_image_extension(file): data, ".json": _json({"file": file})}, {}, problem
+
+    return samples(), {"source": str(folder), "scan_counts": dataset.scan_counts.counts}
+
+
 def _copy_annotations(root: Path, out: Path, names: Iterable[str]) -> None:
     """Copy ``annotations/<name>`` (files, or folders such as the panoptic PNGs) from ``root`` to ``out``,
     each atomically (a folder is copied to a temporary name, then renamed)."""
@@ -204,7 +227,7 @@ def _copy_annotations(root: Path, out: Path, names: Iterable[str]) -> None:
 
 
 def write_split(
-    directory: Path, samples: Iterable[Sample], shard_bytes: int, extra: dict[str, Any]
+    out: Path, directory: Path, samples: Iterable[Sample], shard_bytes: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Write one split's shards and index files; its manifest entry, with the unreadable images."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -221,6 +244,7 @@ def write_split(
         writer.abort()
         raise
     entry = writer.finish(**extra)
+    entry["dir"] = directory.relative_to(out).as_posix()
     entry["unreadable"] = {"count": len(unreadable), "files": unreadable}
     return entry
 
@@ -262,6 +286,10 @@ def convert(dataset: str, root: str | Path, out: str | Path, shard_bytes: int, w
         for split in ("train", "val", "test"):
             if (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir():
                 plans[split] = (split, lambda split=split: cityscapes_samples(root, split, workers))
+    elif dataset == "cufed":
+        for split, folder in CUFED_SPLITS.items():
+            if (root / folder).is_dir():
+                plans[split] = (folder, lambda split=split: cufed_samples(root, split, workers))
     else:
         for split in _coco_splits(root, "panoptic"):
             plans[split] = (f"{split}2017", lambda split=split: coco_panoptic_samples(root, split, workers))
@@ -276,7 +304,7 @@ def convert(dataset: str, root: str | Path, out: str | Path, shard_bytes: int, w
         samples, extra = plan()
         if (out / folder).exists():
             shutil.rmtree(out / folder)  # a killed conversion's shards (no manifest was written)
-        splits[split] = write_split(out / folder, samples, shard_bytes, extra)
+        splits[split] = write_split(out, out / folder, samples, shard_bytes, extra)
         unreadable = splits[split]["unreadable"]
         print(
             f"{dataset} {split}: {splits[split]['samples']} samples in {splits[split]['shards']} shards "
