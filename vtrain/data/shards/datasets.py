@@ -3,8 +3,8 @@
 * :class:`ShardImageLoader` replaces a data set's :class:`~vtrain.data.images.ImageFileLoader`: called with
   the path the folder reader would open, it decodes that file's original bytes from the shards, with the
   same 8-bit RGB conversion and the same corrupt-image handling. COCO detection, instance and panoptic
-  segmentation read their images through it and everything else (annotation index, targets, transforms)
-  as from folders.
+  segmentation and CUFED / CUFED5 read their images through it and everything else (annotation index,
+  targets, transforms) as from folders; Cityscapes reads its images and label files from the shards too.
 * :class:`ShardClassification` is ImageNet or CIFAR from shards: the same samples, labels, class names and
   scan counts as :class:`~vtrain.data.imagenet.ImageNet` / :class:`~vtrain.data.cifar.CIFAR`, the same
   image types handed to the transforms (a PIL image for ImageNet, a ``tv_tensors.Image`` for CIFAR).
