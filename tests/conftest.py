@@ -43,6 +43,20 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar10_tiny_shards(data_dir: Path) -> list[str]:
+    """Overrides that train an experiment on the tiny CIFAR-10 set converted to shards (in 256 KiB shards,
+    so that an epoch crosses many), converted once per session."""
+    from vtrain.data.shards.convert import convert
+    from vtrain.data.shards.format import MANIFEST
+    from vtrain.data.tiny import build_tiny
+
+    out = data_dir / "cifar10_tiny_shards"
+    if not (out / MANIFEST).exists():
+        convert("cifar10", build_tiny("cifar10_tiny", data_dir / "cifar10_tiny"), out, 256 * 1024)
+    return ["data.format=shards", f"data.root={out}", "data.tiny=null"]
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real sample files in ../shared/data (present in CI and developer checkouts, not for users)."""
     if not SHARED_DATA.is_dir():

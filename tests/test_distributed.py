@@ -61,8 +61,13 @@ def _assert_close(
     assert diff < tol, f"{what} weights differ by up to {diff:.2e}"
 
 
-@pytest.mark.parametrize("data", [[], DEIT], ids=["default", "deit"])
-def test_vit_ddp_equals_single_process_and_gradient_accumulation(tmp_path, data_dir, data):
+# "shards": the tiny set read from webdataset shards (data.format=shards) under the same samplers
+@pytest.mark.parametrize(
+    "data, source", [([], "folders"), (DEIT, "folders"), ([], "shards")], ids=["default", "deit", "shards"]
+)
+def test_vit_ddp_equals_single_process_and_gradient_accumulation(tmp_path, data_dir, data, source, request):
+    if source == "shards":
+        data = request.getfixturevalue("cifar10_tiny_shards")
     runs = {
         "ddp": ["trainer=ddp_cpu", "data.batch_size=8"],
         "single": ["trainer=cpu", "data.batch_size=16"],

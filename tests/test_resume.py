@@ -94,10 +94,19 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
-@pytest.mark.parametrize("data", [[], DEIT_DATA], ids=["default", "deit"])
+# "shards": the same run reading the tiny set from webdataset shards (data.format=shards), whose reader is a
+# map-style data set under the same samplers
+@pytest.mark.parametrize(
+    "data, source",
+    [([], "folders"), (DEIT_DATA, "folders"), ([], "shards")],
+    ids=["default", "deit", "shards"],
+)
 @pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, data_dir, num_workers, data):
-    common = [*RUN, *data, f"data.num_workers={num_workers}", f"paths.data_dir={data_dir}"]
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
+    tmp_path, data_dir, num_workers, data, source, request
+):
+    shards = request.getfixturevalue("cifar10_tiny_shards") if source == "shards" else []
+    common = [*RUN, *data, *shards, f"data.num_workers={num_workers}", f"paths.data_dir={data_dir}"]
     reference = tmp_path / "reference"
     run_cli([*common, f"hydra.run.dir={reference}"], cwd=tmp_path)
 

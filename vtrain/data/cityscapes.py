@@ -17,6 +17,7 @@ labels [B, H, W] int64)``.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,8 @@ from torchvision.transforms.v2 import functional as TF
 from vtrain.data.counts import FILES_SKIPPED_EXTENSION, ScanCounts, log_left_out
 from vtrain.data.detection_transforms import IMAGENET_MEAN, IMAGENET_STD
 from vtrain.data.images import ImageSizeError, open_rgb
-from vtrain.data.loading import LoaderMixin, training_set
+from vtrain.data.loading import LoaderMixin, check_format, training_set
+from vtrain.data.shards.format import LABEL_MEMBER, ShardSplit
 from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
 # (name, label id, colour) of the 19 train ids, in train-id order (cityscapesscripts' labels.py).
 CITYSCAPES_CLASSES = (
     ("road", 7, (128, 64, 128)),
@@ -87,10 +90,26 @@ class CityscapesSegmentation(Dataset):
     Raises FileNotFoundError naming the folder and the layout when the split is missing or empty, and when an
     image has no label file; reading a label file whose size differs from its image raises ImageSizeError
     naming both. Other files in the city folders are left out, counted in ``scan_counts`` and logged.
+
+    ``format="shards"``: ``root`` is a shard directory of ``python -m vtrain.data.shards cityscapes``, which
+    holds the same images and label files, in this order.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", transform=None) -> None:
+    def __init__(
+        self, root: str | Path, split: str = "train", transform=None, format: str = "folders"
+    ) -> None:
         root = Path(root)
+        self.shards = None
+        if format == "shards":
+            self.shards = ShardSplit(root, ("cityscapes",), split)
+            self.images = [self.shards.directory / file for file in self.shards.files]
+            self.labels = [
+                path.with_name(path.name.replace(IMAGE_SUFFIX, LABEL_SUFFIX)) for path in self.images
+            ]
+            index = self.shards.index
+            self.scan_counts = ScanCounts(index["source"], index["scan_counts"])
+            self.transform, self.table = transform, torch.from_numpy(label_id_to_train_id()).long()
+            return
         image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         self.images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
         others = sorted(p for p in image_dir.glob("*/*") if p.is_file() and not p.name.endswith(IMAGE_SUFFIX))
@@ -100,7 +119,7 @@ class CityscapesSegmentation(Dataset):
         if not self.images:
             raise FileNotFoundError(f"Cityscapes {split}: no *_leftImg8bit.png under {image_dir}; {LAYOUT}")
         self.labels = [
-            label_dir / path.parent.name / path.name.replace(IMAGE_SUFFIX, "_gtFine_labelIds.png")
+            label_dir / path.parent.name / path.name.replace(IMAGE_SUFFIX, LABEL_SUFFIX)
             for path in self.images
         ]
         missing = [str(path) for path in self.labels if not path.is_file()]
@@ -115,8 +134,12 @@ class CityscapesSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, label_path = self.images[index], self.labels[index]
-        image = open_rgb(image_path)
-        with Image.open(label_path) as label_image:
+        if self.shards is None:
+            image, label_file = open_rgb(image_path), label_path
+        else:  # the same bytes, from the shards
+            image = open_rgb(io.BytesIO(self.shards.image_bytes(index)), image_path)
+            label_file = io.BytesIO(self.shards.member(index, LABEL_MEMBER))
+        with Image.open(label_file) as label_image:
             label_ids = np.asarray(label_image)
         if label_ids.shape[:2] != (image.height, image.width):
             raise ImageSizeError(
@@ -196,6 +219,8 @@ class SegmentationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         holdout: validate on a part of the training images instead, left out of training: a fraction in
             (0, 1) or a count, drawn at random by image; None: no hold-out.
         holdout_seed: the seed that picks the held-out images.
+        format: "folders" (the layout above) or "shards": ``root`` is a shard directory that
+            ``python -m vtrain.data.shards cityscapes`` wrote (docs/data.md).
 
     After ``setup``: ``train_set``, ``val_set`` and ``test_set``; ``val_source`` says where validation reads.
     """
@@ -221,8 +246,10 @@ class SegmentationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         train_subset: int | None = None,
         holdout: float | int | None = None,
         holdout_seed: int = 0,
+        format: str = "folders",
     ) -> None:
         super().__init__()
+        self.format = check_format(format, tiny, "SegmentationDataModule")
         if num_classes != len(CITYSCAPES_CLASSES):
             raise ValueError(
                 f"SegmentationDataModule: Cityscapes has 19 train ids, found num_classes={num_classes}"
@@ -247,13 +274,13 @@ class SegmentationDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         """Loads the val split for every stage and the train split for "fit", and for "validate" with a
         hold-out (scanned once, served with the train and the eval transforms)."""
         if self.test_set is None:
-            test_set = CityscapesSegmentation(self.root, self.val_split, self.eval_transform)
+            test_set = CityscapesSegmentation(self.root, self.val_split, self.eval_transform, self.format)
             self.test_set = require_samples(test_set, f"Cityscapes {self.val_split} under {self.root}")
             if self.holdout is None:
                 self.val_set = self.test_set
         if not self._needs_train_split(stage):
             return
-        train = CityscapesSegmentation(self.root, self.train_split, self.train_transform)
+        train = CityscapesSegmentation(self.root, self.train_split, self.train_transform, self.format)
         what = f"Cityscapes {self.train_split} under {self.root}"
         train = self._hold_out(train, with_attributes(train, transform=self.eval_transform), what)
         self.train_set = training_set(train, self.train_subset, self.batch_size, what)

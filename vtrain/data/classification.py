@@ -4,7 +4,8 @@ Batches are ``(images [B, 3, image_size, image_size] float32 normalised, labels 
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as L
 import torch
@@ -14,7 +15,8 @@ from vtrain.data.cifar import CIFAR
 from vtrain.data.gpu_decode import DeviceDecodeMixin, EncodedBatch
 from vtrain.data.imagenet import ImageNet
 from vtrain.data.images import collate_skip_corrupt
-from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
+from vtrain.data.loading import LoaderMixin, check_format, corrupt_images_skipped, training_set
+from vtrain.data.shards.datasets import ShardClassification
 from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 from vtrain.data.transforms import build_classification_transforms
@@ -22,6 +24,24 @@ from vtrain.data.transforms import build_classification_transforms
 log = logging.getLogger(__name__)
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
+
+
+def classification_images(
+    dataset: str,
+    root: str,
+    split: str,
+    format: str = "folders",
+    transform: Callable[[Any], Any] | None = None,
+    skip_corrupt: bool = False,
+) -> Dataset:
+    """The image set ``split`` ("train" / "val") of ``dataset`` ("cifar10", "cifar100", "imagenet") under
+    ``root``, from folders (CIFAR: the pickles; CIFAR's "val" is its test batch) or from shards."""
+    if format == "shards":
+        shard_split = split if dataset == "imagenet" or split == "train" else "test"
+        return ShardClassification(root, dataset, shard_split, transform=transform, skip_corrupt=skip_corrupt)
+    if dataset == "imagenet":
+        return ImageNet(root, split, transform=transform, skip_corrupt=skip_corrupt)
+    return CIFAR(root, "train" if split == "train" else "test", variant=dataset, transform=transform)
 
 
 class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.LightningDataModule):
@@ -53,6 +73,9 @@ class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Li
         decode: "cpu" (PIL in the loader workers) or "gpu": ImageNet JPEGs decoded on the GPU in batches
             and the pipeline run there, with the same per-sample draws (``vtrain.data.gpu_decode``); not for
             CIFAR (arrays in memory) nor recipe "timm" (PIL transforms).
+        format: "folders" (the layouts above) or "shards": ``root`` is a shard directory that
+            ``python -m vtrain.data.shards`` wrote from such a layout (same samples, labels and order;
+            see vtrain.data.shards and docs/data.md).
 
     After ``setup``: ``train_set``, ``val_set`` and ``test_set``; ``val_source`` says where validation reads.
     """
@@ -85,10 +108,12 @@ class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Li
         holdout: float | int | None = None,
         holdout_seed: int = 0,
         decode: str = "cpu",
+        format: str = "folders",
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, found {dataset!r}")
+        self.format = check_format(format, tiny, "ClassificationDataModule")
         if val_split not in ("val", "train"):
             raise ValueError(f"val_split must be 'val' or 'train', found {val_split!r}")
         if val_split == "train" and holdout is not None:
@@ -141,12 +166,11 @@ class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Li
     def _load(self, split: str, train: bool) -> Dataset:
         """``split`` ("train" / "val") with the train or the eval transforms, its classes checked."""
         transform = self.train_transform if train else self.eval_transform
+        dataset = classification_images(
+            self.dataset, self.root, split, self.format, transform=transform, skip_corrupt=self.skip_corrupt
+        )
         if self.dataset == "imagenet":
-            dataset = ImageNet(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
             dataset = self._encoded(dataset)
-        else:
-            cifar_split = "train" if split == "train" else "test"
-            dataset = CIFAR(self.root, cifar_split, variant=self.dataset, transform=transform)
         if len(dataset.classes) != self.num_classes:
             raise ValueError(
                 f"{self.dataset} under {self.root}: num_classes is {self.num_classes} "

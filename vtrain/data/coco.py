@@ -25,6 +25,8 @@ from torchvision import tv_tensors
 
 from vtrain.data.counts import BOXES_DROPPED_DEGENERATE, BOXES_DROPPED_OFF_IMAGE, ScanCounts, log_left_out
 from vtrain.data.images import CorruptImageError, ImageFileLoader, check_image_size
+from vtrain.data.shards.datasets import ShardImageLoader
+from vtrain.data.shards.format import ShardSplit
 
 COCO_LAYOUT = """expected the COCO layout:
     <root>/annotations/instances_<split>2017.json
@@ -126,6 +128,8 @@ class CocoDetection(Dataset):
             its validation loss. False keeps them, flagged by ``iscrowd``, for metrics that ignore them.
         skip_corrupt: an unreadable image makes the sample None (``collate_detection`` drops it,
             ``self.loader.skipped`` counts it) instead of raising an error that names the file.
+        format: "folders", or "shards": ``root`` is a shard directory of ``python -m vtrain.data.shards
+            coco``, whose images are read from its shards (annotations from its copy of the files).
 
     A sample is ``(image, target)``: the RGB PIL image (before ``transform``) and a dict with
         boxes      ``tv_tensors.BoundingBoxes`` [N, 4] float32, XYXY in pixels of the image, clipped to it;
@@ -153,8 +157,10 @@ class CocoDetection(Dataset):
         transform: Callable[[Image.Image, Target], tuple[Any, Target]] | None = None,
         train: bool = True,
         skip_corrupt: bool = False,
+        format: str = "folders",
     ) -> None:
         root = Path(root)
+        shards = ShardSplit(root, ("coco",), split) if format == "shards" else None
         self.annotation_file = root / "annotations" / f"instances_{split}2017.json"
         self.image_folder = root / f"{split}2017"
         if not self.annotation_file.is_file():
@@ -173,7 +179,11 @@ class CocoDetection(Dataset):
         }
         self.num_classes = max(self.categories) + 1
         self.category_names = [self.categories.get(label, "N/A") for label in range(self.num_classes)]
-        self.loader = ImageFileLoader(skip_corrupt)
+        self.loader = (
+            ImageFileLoader(skip_corrupt)
+            if shards is None
+            else ShardImageLoader(shards, self.image_folder, skip_corrupt)
+        )
         self.scan_counts = self._count_dropped_boxes()
 
     def _count_dropped_boxes(self) -> ScanCounts:

@@ -76,7 +76,7 @@ class InstanceSegmentationDataModule(DetectionDataModule):
     def _load(self, split: str, train: bool) -> CocoInstanceSegmentation:
         transform = self.train_transform if train else self.eval_transform
         dataset = CocoInstanceSegmentation(
-            self.root, split, transform=transform, skip_corrupt=self.skip_corrupt
+            self.root, split, transform=transform, skip_corrupt=self.skip_corrupt, format=self.format
         )
         if self.num_classes is None:
             self.num_classes = dataset.num_classes

@@ -14,6 +14,7 @@ panoptic model are computed against ``<root>/annotations/instances_<split>2017.j
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ from torchvision.ops import masks_to_boxes
 from vtrain.data.coco import Target, check_json_image_sizes
 from vtrain.data.detection import DetectionDataModule
 from vtrain.data.images import ImageFileLoader, ImageSizeError, check_image_size
+from vtrain.data.shards.datasets import ShardImageLoader
+from vtrain.data.shards.format import SEGMENTATION_MEMBER, ShardSplit
 from vtrain.metrics.panoptic import read_segmentation
 
 PANOPTIC_LAYOUT = """expected the COCO panoptic layout:
@@ -49,6 +52,8 @@ class CocoPanoptic(Dataset):
         masks: put the segment masks in the targets (the mask head's second stage); False gives boxes only
             (the box model of the first stage; the official ``return_masks``, False without ``--masks``).
         skip_corrupt: an unreadable image makes the sample None instead of raising.
+        format: "folders", or "shards": ``root`` is a shard directory of ``python -m vtrain.data.shards
+            coco_panoptic``; images and segment PNGs come from its shards, annotations from its copies.
 
     As the official loader (facebookresearch/detr datasets/coco_panoptic.py:41-63 at 29901c5), every segment
     of the image is a target, crowd segments included (flagged by ``iscrowd``, which the losses do not
@@ -83,8 +88,10 @@ class CocoPanoptic(Dataset):
         transform: Callable[[Image.Image, Target], tuple[Any, Target]] | None = None,
         masks: bool = True,
         skip_corrupt: bool = False,
+        format: str = "folders",
     ) -> None:
         root = Path(root)
+        self.shards = ShardSplit(root, ("coco_panoptic",), split) if format == "shards" else None
         self.annotation_file = root / "annotations" / f"panoptic_{split}2017.json"
         self.segmentation_folder = root / "annotations" / f"panoptic_{split}2017"
         self.image_folder = root / f"{split}2017"
@@ -127,7 +134,11 @@ class CocoPanoptic(Dataset):
         self.ids = sorted(self.images)
         self.num_classes = max(self.categories) + 1
         self.category_names = [self.categories.get(label, "N/A") for label in range(self.num_classes)]
-        self.loader = ImageFileLoader(skip_corrupt)
+        self.loader = (
+            ImageFileLoader(skip_corrupt)
+            if self.shards is None
+            else ShardImageLoader(self.shards, self.image_folder, skip_corrupt)
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -159,6 +170,9 @@ class CocoPanoptic(Dataset):
         annotation = self.annotations.get(image_id)
         if annotation is None:
             raise KeyError(f"{self.annotation_file}: no annotation for image {image_id}")
+        if self.shards is not None:
+            index = self.shards.position(self.images[image_id]["file_name"])
+            return read_segmentation(io.BytesIO(self.shards.member(index, SEGMENTATION_MEMBER)))
         return read_segmentation(self.segmentation_folder / annotation["file_name"])
 
     def target(self, image_id: int, height: int, width: int) -> Target:
@@ -244,7 +258,12 @@ class PanopticDataModule(DetectionDataModule):
     def _load(self, split: str, train: bool) -> CocoPanoptic:
         transform = self.train_transform if train else self.eval_transform
         dataset = CocoPanoptic(
-            self.root, split, transform=transform, masks=self.masks, skip_corrupt=self.skip_corrupt
+            self.root,
+            split,
+            transform=transform,
+            masks=self.masks,
+            skip_corrupt=self.skip_corrupt,
+            format=self.format,
         )
         if self.num_classes is None:
             self.num_classes = dataset.num_classes

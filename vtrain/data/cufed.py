@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from vtrain.data.counts import FILES_SKIPPED_EXTENSION, ScanCounts, log_left_out
 from vtrain.data.images import ImageFileLoader
-from vtrain.data.loading import LoaderMixin, training_set
+from vtrain.data.loading import LoaderMixin, check_format, training_set
+from vtrain.data.shards.datasets import ShardImageLoader
+from vtrain.data.shards.format import ShardSplit
 from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
@@ -83,7 +85,7 @@ def lr_sample(lr: Image.Image, ref: Image.Image) -> dict[str, torch.Tensor]:
     }
 
 
-def _images(folder: Path, skipped: list[Path]) -> list[Path]:
+def images_in(folder: Path, skipped: list[Path]) -> list[Path]:
     """The image files of ``folder`` by name; its other files are added to ``skipped``."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
     skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
@@ -113,6 +115,9 @@ class CUFEDTrain(Dataset):
         crop_size: train on a random crop_size x crop_size window of each HR image (a multiple of 4;
             the reference stays whole); None: the whole image, as the official code does.
 
+        shards: read the pairs from the shards of ``python -m vtrain.data.shards cufed`` (``root`` is
+            their split folder) instead of from ``root``.
+
     Files of ``input/`` and ``ref/`` without an image extension are left out, counted in ``scan_counts``.
     """
 
@@ -122,14 +127,22 @@ class CUFEDTrain(Dataset):
         ref_size: int | None = 160,
         augment: bool = True,
         crop_size: int | None = None,
+        shards: ShardSplit | None = None,
     ) -> None:
         root = Path(root)
-        for sub in ("input", "ref"):
-            if not (root / sub).is_dir():
-                raise FileNotFoundError(f"CUFED training set: expected folder {root / sub} (input/ and ref/)")
-        skipped: list[Path] = []
-        self.inputs, self.refs = _images(root / "input", skipped), _images(root / "ref", skipped)
-        self.scan_counts = _scan_counts(root, skipped)
+        if shards is None:
+            for sub in ("input", "ref"):
+                if not (root / sub).is_dir():
+                    raise FileNotFoundError(
+                        f"CUFED training set: expected folder {root / sub} (input/ and ref/)"
+                    )
+            skipped: list[Path] = []
+            self.inputs, self.refs = images_in(root / "input", skipped), images_in(root / "ref", skipped)
+            self.scan_counts = _scan_counts(root, skipped)
+        else:
+            self.inputs = [root / file for file in shards.files if file.startswith("input/")]
+            self.refs = [root / file for file in shards.files if file.startswith("ref/")]
+            self.scan_counts = ScanCounts(shards.index["source"], shards.index["scan_counts"])
         if len(self.inputs) != len(self.refs) or not self.inputs:
             raise ValueError(
                 f"CUFED training set under {root}: expected as many references as inputs (at least one), "
@@ -140,7 +153,7 @@ class CUFEDTrain(Dataset):
                 f"CUFED training set: crop_size must be a multiple of {SCALE}, found {crop_size}"
             )
         self.ref_size, self.augment, self.crop_size = ref_size, augment, crop_size
-        self.loader = ImageFileLoader()
+        self.loader = ImageFileLoader() if shards is None else ShardImageLoader(shards, root)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -196,19 +209,26 @@ class CUFED5(Dataset):
             (Urban100 / Sun80 style); then the HR images are the ``*_0.*`` files if there are any, else
             every image in the folder.
 
+        shards: read the images from the shards of ``python -m vtrain.data.shards cufed`` (``root`` is
+            their split folder) instead of from ``root``.
+
     Files without an image extension are left out, counted in ``scan_counts``.
     """
 
-    def __init__(self, root: str | Path, ref_level: int | str = 1) -> None:
+    def __init__(self, root: str | Path, ref_level: int | str = 1, shards: ShardSplit | None = None) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
+        if shards is None and not self.root.is_dir():
             raise FileNotFoundError(f"CUFED5 test set: folder {self.root} does not exist")
         self.ref_level = str(ref_level)
         if self.ref_level not in ("1", "2", "3", "4", "5", "lr"):
             raise ValueError(f"CUFED5: ref_level must be 1..5 or 'lr', found {ref_level!r}")
-        skipped: list[Path] = []
-        images = _images(self.root, skipped)
-        self.scan_counts = _scan_counts(self.root, skipped)
+        if shards is None:
+            skipped: list[Path] = []
+            images = images_in(self.root, skipped)
+            self.scan_counts = _scan_counts(self.root, skipped)
+        else:
+            images = [self.root / file for file in shards.files]
+            self.scan_counts = ScanCounts(shards.index["source"], shards.index["scan_counts"])
         self.inputs = [p for p in images if p.stem.endswith("_0")]
         if self.ref_level == "lr":
             self.inputs = self.inputs or images
@@ -224,7 +244,7 @@ class CUFED5(Dataset):
                 self.refs.append(matches[0])
         if not self.inputs:
             raise ValueError(f"CUFED5: no *_0 HR images in {self.root}")
-        self.loader = ImageFileLoader()
+        self.loader = ImageFileLoader() if shards is None else ShardImageLoader(shards, self.root)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -255,6 +275,8 @@ class SuperResolutionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule)
         holdout: validate on a part of the training pairs instead, left out of training: a fraction in
             (0, 1) or a count, drawn at random by pair; None: no hold-out.
         holdout_seed: the seed that picks the held-out pairs.
+        format: "folders", or "shards": ``root`` is a shard directory that ``python -m vtrain.data.shards
+            cufed`` wrote from the default ``train`` and ``test/CUFED5`` folders (docs/data.md).
 
     After ``setup``: ``train_set``, ``val_set``, ``test_set`` (CUFED5 at ``ref_level``) and ``test_sets``
     (one per level of ``test_ref_levels``); ``val_source`` says where validation reads.
@@ -278,8 +300,10 @@ class SuperResolutionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule)
         train_subset: int | None = None,
         holdout: float | int | None = None,
         holdout_seed: int = 0,
+        format: str = "folders",
     ) -> None:
         super().__init__()
+        self.format = check_format(format, tiny, "SuperResolutionDataModule")
         self.root, self.tiny = Path(root), tiny
         self._init_splits(holdout, holdout_seed)
         self.train_dir, self.test_dir = self.root / train_dir, self.root / test_dir
@@ -303,13 +327,18 @@ class SuperResolutionDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule)
         """Loads CUFED5 for every stage and the training pairs for "fit", and for "validate" with a
         hold-out."""
         if self.test_set is None:
-            self.test_set = require_samples(CUFED5(self.test_dir, self.ref_level), f"CUFED5 {self.test_dir}")
-            self.test_sets = [CUFED5(self.test_dir, level) for level in self.test_ref_levels]
+            shards = ShardSplit(self.root, ("cufed",), "test") if self.format == "shards" else None
+            test_dir = self.test_dir if shards is None else shards.directory
+            test_set = CUFED5(test_dir, self.ref_level, shards)
+            self.test_set = require_samples(test_set, f"CUFED5 {test_dir}")
+            self.test_sets = [CUFED5(test_dir, level, shards) for level in self.test_ref_levels]
             if self.holdout is None:
                 self.val_set = self.test_set
         if not self._needs_train_split(stage):
             return
-        train = CUFEDTrain(self.train_dir, self.ref_size, self.augment, self.crop_size)
+        shards = ShardSplit(self.root, ("cufed",), "train") if self.format == "shards" else None
+        train_dir = self.train_dir if shards is None else shards.directory
+        train = CUFEDTrain(train_dir, self.ref_size, self.augment, self.crop_size, shards)
         eval_view = with_attributes(train, ref_size=None, augment=False, crop_size=None)
         what = f"CUFED under {self.train_dir}"
         train = self._hold_out(train, eval_view, what)

@@ -28,7 +28,7 @@ from vtrain.data.detection_transforms import (
     build_detr_transforms,
 )
 from vtrain.data.gpu_decode import DeviceDecodeMixin, EncodedBatch
-from vtrain.data.loading import LoaderMixin, corrupt_images_skipped, training_set
+from vtrain.data.loading import LoaderMixin, check_format, corrupt_images_skipped, training_set
 from vtrain.data.splits import SplitsMixin, require_samples, with_attributes
 from vtrain.data.tiny import build_tiny
 
@@ -59,6 +59,9 @@ class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Lightni
         holdout_seed: the seed that picks the held-out images.
         decode: "cpu" (PIL in the loader workers) or "gpu": JPEGs decoded on the GPU in batches and DETR's
             pipeline run there, with the same per-sample draws (``vtrain.data.gpu_decode``).
+        format: "folders" (the layout above) or "shards": ``root`` is a shard directory that
+            ``python -m vtrain.data.shards coco`` wrote (``coco_panoptic`` for the panoptic module; see
+            vtrain.data.shards and docs/data.md).
 
     Every split gets DETR's targets, crowd regions left out (the validation loss is the training loss);
     COCO mAP is computed against ``val_annotation_file`` / ``test_annotation_file``, where the crowd regions
@@ -93,8 +96,10 @@ class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Lightni
         holdout: float | int | None = None,
         holdout_seed: int = 0,
         decode: str = "cpu",
+        format: str = "folders",
     ) -> None:
         super().__init__()
+        self.format = check_format(format, tiny, type(self).__name__)
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self._init_splits(holdout, holdout_seed)
         self.num_classes, self.tiny, self.train_subset = num_classes, tiny, train_subset
@@ -147,7 +152,9 @@ class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Lightni
     def _load(self, split: str, train: bool) -> CocoDetection:
         """``split`` with the train or the eval transforms, its label space checked."""
         transform = self.train_transform if train else self.eval_transform
-        dataset = CocoDetection(self.root, split, transform=transform, skip_corrupt=self.skip_corrupt)
+        dataset = CocoDetection(
+            self.root, split, transform=transform, skip_corrupt=self.skip_corrupt, format=self.format
+        )
         dataset = self._encoded(dataset)
         if self.num_classes is None:
             self.num_classes = dataset.num_classes

@@ -108,27 +108,37 @@ class EncodedImage:
         return self.data.ndim == 1
 
 
-class EncodedFileLoader(ImageFileLoader):
-    """The ``decode: gpu`` counterpart of :class:`~vtrain.data.images.ImageFileLoader`: reads a JPEG the GPU
-    decodes as its bytes, decodes anything else on the CPU as ``ImageFileLoader`` does (and counts it in
-    ``decoded_on_cpu``, summed over worker processes). Unreadable files raise or are skipped as there."""
+class EncodedFileLoader:
+    """The ``decode: gpu`` counterpart of an :class:`~vtrain.data.images.ImageFileLoader` (``source``, which
+    reads from folders or from shards): returns a JPEG the GPU decodes as its bytes, has ``source`` decode
+    anything else on the CPU (and counts it in ``decoded_on_cpu``, summed over worker processes).
+    Unreadable files raise or are skipped, and counted in ``skipped``, as ``source`` does."""
 
-    def __init__(self, skip_corrupt: bool = False) -> None:
-        super().__init__(skip_corrupt)
+    def __init__(self, source: ImageFileLoader | None = None) -> None:
+        self.source = ImageFileLoader() if source is None else source
         self._decoded_on_cpu = torch.multiprocessing.Value("i", 0)
 
-    def __call__(self, path: str | Path) -> EncodedImage | None:  # type: ignore[override]
+    @property
+    def skip_corrupt(self) -> bool:
+        return self.source.skip_corrupt
+
+    @property
+    def skipped(self) -> int:
+        """Files skipped as corrupt so far (``source``'s count)."""
+        return self.source.skipped
+
+    def __call__(self, path: str | Path) -> EncodedImage | None:
         try:
-            data = Path(path).read_bytes()
+            data = self.source.read(path)
         except OSError:
-            data = b""  # ImageFileLoader raises (or skips) with its own message
+            data = b""  # the source raises (or skips) with its own message below
         frame = jpeg_frame(data)
         if gpu_decodable(frame):
             _, _, height, width, _ = frame
             return EncodedImage(
                 torch.frombuffer(bytearray(data), dtype=torch.uint8), width, height, str(path)
             )
-        image = super().__call__(path)
+        image = self.source(path)
         if image is None:
             return None
         with self._decoded_on_cpu.get_lock():
@@ -271,7 +281,7 @@ class DeviceDecodeMixin:
 
     def _encoded(self, dataset: Any) -> Any:
         if self.decode == "gpu":
-            dataset.loader = EncodedFileLoader(dataset.loader.skip_corrupt)
+            dataset.loader = EncodedFileLoader(dataset.loader)
         return dataset
 
     def _check_decode_device(self) -> None:

@@ -12,7 +12,7 @@ processes add to.
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch.multiprocessing
@@ -79,23 +79,25 @@ def to_rgb(image: Image.Image, path: str | Path) -> Image.Image:
     )
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """The image file ``path`` as 8-bit RGB (see :func:`to_rgb`).
+def open_rgb(path: str | Path | BinaryIO, name: str | Path | None = None) -> Image.Image:
+    """The image file ``path`` (or an open binary file, e.g. the bytes of a shard member, named ``name`` in
+    errors) as 8-bit RGB (see :func:`to_rgb`).
 
     Raises:
         CorruptImageError: naming the file, when it cannot be decoded.
         UnsupportedImageError: naming the file, when its pixels cannot be scaled to 8 bits.
     """
+    name = path if name is None else name
     try:
         image = Image.open(path)
     except _DECODE_ERRORS as error:
-        raise CorruptImageError(f"cannot read image {path}: {error}") from error
+        raise CorruptImageError(f"cannot read image {name}: {error}") from error
     with image:
         try:
             image.load()
         except _DECODE_ERRORS as error:
-            raise CorruptImageError(f"cannot read image {path}: {error}") from error
-        return to_rgb(image, path)
+            raise CorruptImageError(f"cannot read image {name}: {error}") from error
+        return to_rgb(image, name)
 
 
 def check_image_size(path: str | Path, image: Image.Image, width: int, height: int, source: str) -> None:
@@ -126,9 +128,18 @@ class ImageFileLoader:
         self.skip_corrupt = skip_corrupt
         self._skipped = torch.multiprocessing.Value("i", 0)
 
+    def read(self, path: str | Path) -> bytes:
+        """The encoded bytes of the image file at ``path`` (a shard-backed loader reads them from its shard
+        instead); OSError when there are none."""
+        return Path(path).read_bytes()
+
+    def open(self, path: str | Path) -> Image.Image:
+        """The image at ``path`` (a shard-backed loader reads it from its shard instead)."""
+        return open_rgb(path)
+
     def __call__(self, path: str | Path) -> Image.Image | None:
         try:
-            return open_rgb(path)
+            return self.open(path)
         except CorruptImageError as error:
             if not self.skip_corrupt:
                 raise

@@ -11,6 +11,22 @@ from vtrain.data.counts import collect_counts, held_datasets
 from vtrain.data.sampler import RepeatedAugmentationSampler, SeededSamples, SeededShuffleSampler
 from vtrain.data.splits import base_dataset
 
+FORMATS = ("folders", "shards")
+
+
+def check_format(format: str, tiny: str | None, owner: str) -> str:
+    """``format`` ("folders" or "shards", data.format) after checking it, and that a tiny set (built as
+    folders) is not asked for with shards."""
+    if format not in FORMATS:
+        raise ValueError(f"{owner}: data.format must be one of {FORMATS}, found {format!r}")
+    if format == "shards" and tiny is not None:
+        raise ValueError(
+            f"{owner}: data.tiny={tiny!r} builds a folder layout, data.format=shards reads a shard "
+            "directory; build the tiny set, convert it (python -m vtrain.data.shards) and train from the "
+            "shards with data.tiny=null"
+        )
+    return format
+
 
 def training_set(dataset: Dataset, subset: int | None, batch_size: int, what: str) -> Dataset:
     """`dataset`, cut to its first `subset` samples when asked (debugging), checked to fill one batch.

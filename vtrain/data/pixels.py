@@ -26,10 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode, v2
 
-from vtrain.data.cifar import CIFAR
-from vtrain.data.imagenet import ImageNet
+from vtrain.data.classification import classification_images
 from vtrain.data.images import collate_skip_corrupt
-from vtrain.data.loading import LoaderMixin, training_set
+from vtrain.data.loading import LoaderMixin, check_format, training_set
 from vtrain.data.palette import Palette, fit_palette, shipped_palette, to_unit_range
 from vtrain.data.splits import SplitsMixin, holdout_split, require_samples
 from vtrain.data.tiny import build_tiny
@@ -146,6 +145,7 @@ class PixelDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
             training images: a fraction in (0, 1) or a count, the same share of every class (within one
             image); None: no hold-out. The palette is fitted on training images, held-out ones included.
         holdout_seed: the seed that picks the held-out images.
+        format: "folders" or "shards" (``root`` a shard directory of ``python -m vtrain.data.shards``).
 
     After ``setup``: ``train_set``, ``val_set``, ``test_set`` and ``probe_train_set``; ``val_source`` says
     where validation reads.
@@ -179,8 +179,10 @@ class PixelDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
         train_subset: int | None = None,
         holdout: float | int | None = None,
         holdout_seed: int = 0,
+        format: str = "folders",
     ) -> None:
         super().__init__()
+        self.format = check_format(format, tiny, "PixelDataModule")
         if dataset not in DATASETS:
             raise ValueError(f"PixelDataModule: dataset must be one of {DATASETS}, found {dataset!r}")
         self._init_splits(holdout, holdout_seed)
@@ -241,10 +243,9 @@ class PixelDataModule(LoaderMixin, SplitsMixin, L.LightningDataModule):
 
     def _images(self, split: str) -> Dataset:
         """The image data set of ``split`` ("train" / "val") without transform, its classes checked."""
-        if self.dataset == "imagenet":
-            images = ImageNet(self.root, split, skip_corrupt=self.skip_corrupt)
-        else:
-            images = CIFAR(self.root, "train" if split == "train" else "test", variant=self.dataset)
+        images = classification_images(
+            self.dataset, self.root, split, self.format, skip_corrupt=self.skip_corrupt
+        )
         if len(images.classes) != self.num_classes:
             raise ValueError(
                 f"{self.dataset} under {self.root}: num_classes is {self.num_classes} "

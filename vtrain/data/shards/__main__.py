@@ -1,0 +1,3 @@
+from vtrain.data.shards.convert import main
+
+main()
