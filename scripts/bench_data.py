@@ -30,13 +30,14 @@ without it, 500 x 375 quality-90 JPEGs cut from the photos scikit-image ships. `
 ../shared/data/coco_tiny: 80 real COCO images), CIFAR-10 from ``--cifar`` (../shared/data/cifar10) or the
 tiny set, Cityscapes-layout scenes: the tiny set's, upscaled to Cityscapes' 2048 x 1024.
 
-A row for another source of the same pipeline (the shard reader, ``data.format=shards``) is one more
-entry of ``ROWS``: a name and a function (data paths, workers, batch size) -> loader.
+The imagenet, coco and cifar pipelines also have a ``vtrain (shards)`` row: the same loader from the same
+images converted to shards first (``vtrain.data.shards.convert``, 64 MiB shards; ``data.format=shards``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -65,6 +66,8 @@ class Data:
     cifar: Path
     cityscapes: Path
     device: str
+    # each pipeline's folders converted by `python -m vtrain.data.shards` (data.format=shards)
+    shards: dict[str, Path]
 
 
 def deit_data_keys() -> dict:
@@ -81,14 +84,15 @@ def _common(workers: int, batch: int) -> dict:
     return dict(batch_size=batch, num_workers=workers, persistent_workers=workers > 0, pin_memory=False)
 
 
-def imagenet_deit(data: Data, workers: int, batch: int) -> Iterable:
+def imagenet_deit(data: Data, workers: int, batch: int, format: str = "folders") -> Iterable:
     from vtrain.data.classification import ClassificationDataModule
 
     keys = deit_data_keys()
     return _train_loader(
         ClassificationDataModule(
             dataset="imagenet",
-            root=str(data.imagenet),
+            root=str(data.shards["imagenet"] if format == "shards" else data.imagenet),
+            format=format,
             num_classes=1000,
             image_size=keys["image_size"],
             recipe=keys["recipe"],
@@ -127,20 +131,22 @@ def imagenet_timm(data: Data, workers: int, batch: int) -> Iterable:
     return loader
 
 
-def coco_detr(data: Data, workers: int, batch: int) -> Iterable:
+def coco_detr(data: Data, workers: int, batch: int, format: str = "folders") -> Iterable:
     from vtrain.data.detection import DetectionDataModule
 
-    return _train_loader(DetectionDataModule(root=str(data.coco), **_common(workers, batch)))
+    root = data.shards["coco"] if format == "shards" else data.coco
+    return _train_loader(DetectionDataModule(root=str(root), format=format, **_common(workers, batch)))
 
 
-def cifar(data: Data, workers: int, batch: int) -> Iterable:
+def cifar(data: Data, workers: int, batch: int, format: str = "folders") -> Iterable:
     from vtrain.data.classification import ClassificationDataModule
 
     stats = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
     return _train_loader(
         ClassificationDataModule(
             dataset="cifar10",
-            root=str(data.cifar),
+            root=str(data.shards["cifar"] if format == "shards" else data.cifar),
+            format=format,
             num_classes=10,
             image_size=32,
             recipe="cifar",
@@ -218,10 +224,26 @@ class Row:
 ROWS: dict[str, tuple[int, list[Row]]] = {
     "imagenet": (
         64,
-        [Row("timm create_loader (folders)", imagenet_timm), Row("vtrain (folders)", imagenet_deit)],
+        [
+            Row("timm create_loader (folders)", imagenet_timm),
+            Row("vtrain (folders)", imagenet_deit),
+            Row("vtrain (shards)", functools.partial(imagenet_deit, format="shards")),
+        ],
     ),
-    "coco": (4, [Row("vtrain (folders)", coco_detr)]),
-    "cifar": (128, [Row("vtrain (python batches)", cifar)]),
+    "coco": (
+        4,
+        [
+            Row("vtrain (folders)", coco_detr),
+            Row("vtrain (shards)", functools.partial(coco_detr, format="shards")),
+        ],
+    ),
+    "cifar": (
+        128,
+        [
+            Row("vtrain (python batches)", cifar),
+            Row("vtrain (shards)", functools.partial(cifar, format="shards")),
+        ],
+    ),
     "cityscapes": (2, [Row("vtrain (folders)", cityscapes)]),
     "imagenet_gpu_decode": (
         64,
@@ -229,6 +251,7 @@ ROWS: dict[str, tuple[int, list[Row]]] = {
     ),
 }
 TOY_BATCH = 4
+SHARD_BYTES = 64 * 2**20  # small enough that the benchmark sets span several shards
 TITLE = "Loader throughput per worker process"
 
 
@@ -298,6 +321,7 @@ def cityscapes_folders(out: Path) -> Path:
 
 
 def prepare(args: argparse.Namespace, tmp: Path) -> Data:
+    from vtrain.data.shards.convert import convert
     from vtrain.data.tiny import build_tiny
 
     imagenet_source = args.imagenet if args.imagenet and (args.imagenet / "train").is_dir() else None
@@ -315,7 +339,17 @@ def prepare(args: argparse.Namespace, tmp: Path) -> Data:
     if "cifar" in wanted and cifar_root is None:
         cifar_root = build_tiny("cifar10_tiny", tmp / "cifar10")
     city = cityscapes_folders(tmp) if "cityscapes" in wanted else tmp / "cityscapes"
-    return Data(imagenet, coco, cifar_root or tmp / "cifar10", city, args.device)
+    cifar_root = cifar_root or tmp / "cifar10"
+    shards = {}
+    for pipeline, dataset, root in (
+        ("imagenet", "imagenet", imagenet),
+        ("coco", "coco", coco),
+        ("cifar", "cifar10", cifar_root),
+    ):
+        if pipeline in wanted:
+            shards[pipeline] = tmp / f"{pipeline}_shards"
+            convert(dataset, root, shards[pipeline], SHARD_BYTES)
+    return Data(imagenet, coco, cifar_root, city, args.device, shards)
 
 
 def _stream(loader: Iterable) -> Iterator:
