@@ -80,11 +80,16 @@ def train_step(
     loss_fn,
     compile: bool = False,
     backend: str = "inductor",
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> Callable[[], None]:
-    """One AdamW step of `loss_fn(model)` under bf16 autocast or in fp32; `compile`: the model's forward
-    through `torch.compile` (the loss and the optimizer stay eager), compiled on the first step."""
+    """One optimizer step of `loss_fn(model)` under bf16 autocast or in fp32; `compile`: the model's forward
+    through `torch.compile` (the loss and the optimizer stay eager), compiled on the first step;
+    `optimizer`: builds the optimizer from the model (on its device), by default AdamW at 1e-4."""
     model.to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if optimizer is None:
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    else:
+        opt = optimizer(model)
     dtype = torch.bfloat16 if precision == "bf16" else None
     forward = torch.compile(model, backend=backend) if compile else model
 
@@ -211,7 +216,7 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 # Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
 # `write_section`, `peak_rss_kib` and `train_step` from here.
-MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput")
+MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput", "detr_vs")
 
 
 def main() -> None:
