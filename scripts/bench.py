@@ -216,7 +216,7 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 # Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
 # `write_section`, `peak_rss_kib` and `train_step` from here.
-MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput", "detr_vs")
+MODULE_BENCHMARKS = ("igpt", "lambda", "lambda_timm", "ttsr", "fpt", "throughput", "detr_vs")
 
 
 def main() -> None:
