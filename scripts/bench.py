@@ -3,6 +3,8 @@
     python scripts/bench.py vit --output docs/benchmarks.md    # ViT-S/16 training vs timm, alternating rounds
     python scripts/bench.py detr --output docs/benchmarks.md   # DETR R50 at the recipe sizes, matcher
     python scripts/bench.py vit --device cuda --batch-size 128 --precision bf16
+    python scripts/bench.py detr_vs --reference-dir DETR_CHECKOUT --output docs/benchmarks.md   # vs official
+    python scripts/bench.py lambda_timm --output docs/benchmarks.md   # lambda layer / LambdaResNet vs timm
 
 Training throughput is images per second of full optimizer steps (forward, loss, backward, AdamW). Peak
 memory is `torch.cuda.max_memory_allocated` on CUDA; on CPU the growth of the resident set of a fresh
