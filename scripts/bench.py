@@ -5,6 +5,8 @@
     python scripts/bench.py vit --device cuda --batch-size 128 --precision bf16
     python scripts/bench.py data --output docs/benchmarks.md   # loaders per worker process vs timm's
     python scripts/bench.py memory --output docs/benchmarks.md # gradient checkpointing on a ViT-B/16 step
+    python scripts/bench.py detr_vs --reference-dir DETR_CHECKOUT --output docs/benchmarks.md   # vs official
+    python scripts/bench.py lambda_timm --output docs/benchmarks.md   # lambda layer / LambdaResNet vs timm
 
 Training throughput is images per second of full optimizer steps (forward, loss, backward, AdamW). Peak
 memory is `torch.cuda.max_memory_allocated` on CUDA; on CPU the growth of the resident set of a fresh
@@ -82,11 +84,16 @@ def train_step(
     loss_fn,
     compile: bool = False,
     backend: str = "inductor",
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> Callable[[], None]:
-    """One AdamW step of `loss_fn(model)` under bf16 autocast or in fp32; `compile`: the model's forward
-    through `torch.compile` (the loss and the optimizer stay eager), compiled on the first step."""
+    """One optimizer step of `loss_fn(model)` under bf16 autocast or in fp32; `compile`: the model's forward
+    through `torch.compile` (the loss and the optimizer stay eager), compiled on the first step;
+    `optimizer`: builds the optimizer from the model (on its device), by default AdamW at 1e-4."""
     model.to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if optimizer is None:
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    else:
+        opt = optimizer(model)
     dtype = torch.bfloat16 if precision == "bf16" else None
     forward = torch.compile(model, backend=backend) if compile else model
 
@@ -228,7 +235,17 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 # Benchmarks that live in their own file, scripts/bench_<name>.py, each with `main(argv)`; they reuse
 # `write_section`, `peak_rss_kib`, `rss_kib`, `train_step` and `alternating_rates` from here.
-MODULE_BENCHMARKS = ("igpt", "lambda", "ttsr", "fpt", "throughput", "memory", "data")
+MODULE_BENCHMARKS = (
+    "igpt",
+    "lambda",
+    "lambda_timm",
+    "ttsr",
+    "fpt",
+    "throughput",
+    "detr_vs",
+    "memory",
+    "data",
+)
 
 
 def main() -> None:

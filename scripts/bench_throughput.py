@@ -106,6 +106,17 @@ def detr(name: str, batch: int, size: int, device: torch.device) -> Contender:
     return model, lambda m: m(pixel_values=images, pixel_mask=pixel_mask, labels=labels).loss
 
 
+def optimizer_for(name: str) -> Callable[[nn.Module], torch.optim.Optimizer] | None:
+    """The optimizer a contender trains with where it is not bench.train_step's default AdamW: DETR's
+    from vtrain's detection task (fused AdamW) and from transformers' Trainer (fused with torch >= 2.8)."""
+    import bench_detr_vs
+
+    return {
+        "vtrain detr_r50": bench_detr_vs.vtrain_optimizer,
+        "transformers DetrForObjectDetection": bench_detr_vs.transformers_optimizer,
+    }.get(name)
+
+
 def lambda_resnet(name: str, batch: int, size: int, device: torch.device) -> Contender:
     if name == "vtrain lambda_resnet50":
         import vtrain
@@ -193,7 +204,13 @@ def measure(args: argparse.Namespace, combo: str, write: Callable[[dict], None])
                 torch.cuda.reset_peak_memory_stats()
             model, loss = build(args.family, name, args.batch_size, args.size, device, args.toy)
             step = bench.train_step(
-                model, device, precision, loss, compile=bool(compiled), backend=args.backend
+                model,
+                device,
+                precision,
+                loss,
+                compile=bool(compiled),
+                backend=args.backend,
+                optimizer=optimizer_for(name),
             )
             start = time.perf_counter()
             for _ in range(args.warmup):

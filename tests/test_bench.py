@@ -190,3 +190,27 @@ def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
     assert [r["row"] for r in rows] == ["vtrain (python batches)", "vtrain decode=cpu", "vtrain decode=gpu"]
     assert all(r["img_s"] > 0 for r in rows)
+
+
+
+
+def test_lambda_timm_bench_maps_timm_weights_onto_the_same_layer(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    bench_lambda_timm = importlib.import_module("bench_lambda_timm")
+    ours, theirs = (m.eval() for m in bench_lambda_timm.layer_pair(dim=16, size=7, r=3, heads=2, dim_k=4))
+    x = torch.randn(2, 16, 7, 7)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_detr_bench_trains_vtrain_with_the_detection_task_optimizer(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    bench_detr_vs = importlib.import_module("bench_detr_vs")
+    from vtrain.models.detr import detr_tiny
+
+    model = detr_tiny(backbone_weights="scratch")
+    opt = bench_detr_vs.vtrain_optimizer(model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]  # conf/task/detection.yaml
+    rest, backbone = opt.param_groups
+    assert (rest["lr"], backbone["lr"], backbone["weight_decay"]) == (1e-4, 1e-5, 1e-4)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == trained

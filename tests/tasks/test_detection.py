@@ -162,3 +162,17 @@ def test_validation_pictures_name_boxes_by_the_data_s_categories():
     task = SimpleNamespace(_trainer=SimpleNamespace(datamodule=datamodule))
     assert label_names(task, [1, 0, 7]) == ["cat", "N/A", "7"]
     assert label_names(SimpleNamespace(_trainer=None), [1]) == ["1"]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_fused_optimizer_s_gradients_are_clipped_without_a_gradient_scaler(precision):
+    """conf/task/detection.yaml's fused AdamW with the recipe's clipping: Lightning's mixed-precision plugin
+    refuses to clip any fused optimizer; under bf16 (no scaler) the task clips the true gradients itself."""
+    task = _task(nn.Linear(4, 3))
+    task.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-4, fused=True)
+    for p in task.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    task.configure_gradient_clipping(optimizer, gradient_clip_val=0.1, gradient_clip_algorithm="norm")
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in task.parameters()]))
+    assert norm.item() == pytest.approx(0.1, rel=1e-4)

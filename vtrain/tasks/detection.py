@@ -231,6 +231,26 @@ class DetectionTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_optimizers(self, self.param_groups(), self.optimizer_factory, self.scheduler_factory)
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip a fused optimizer's gradients where no gradient scaler is involved. Lightning refuses any
+        optimizer that unscales inside its step (the fused AdamW of conf/task/detection.yaml) under every
+        mixed precision, bf16-mixed included, which has no scaler: the gradients are the true ones and are
+        clipped here. Under 16-mixed (a scaler) Lightning's own refusal stands."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if gradient_clip_val and scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)) == "value":
+                nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
 
 def _concat_outputs(outputs: list[dict]) -> dict:
     """Stack per-image DETR outputs (each with batch size 1) into one batch, auxiliary outputs included."""
