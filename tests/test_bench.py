@@ -192,8 +192,6 @@ def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
     assert all(r["img_s"] > 0 for r in rows)
 
 
-
-
 def test_lambda_timm_bench_maps_timm_weights_onto_the_same_layer(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     bench_lambda_timm = importlib.import_module("bench_lambda_timm")
