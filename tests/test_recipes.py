@@ -57,7 +57,8 @@ REQUIRED_ITEMS = [
 NO_CARD = {
     "detr_finetune_custom": "fine-tuning on a user's own data set: no paper recipe to follow",
     "lambda_resnet26_cifar10": "vtrain's own CIFAR recipe: the LambdaNetworks paper has no CIFAR experiment",
-    "mae_tiny_finetune": "mae_vit_b16_finetune sized for a CPU (the pair of mae_tiny): no paper recipe",
+    "mae_tiny_finetune": "mae_vit_b16_finetune sized for a CPU (after mae_tiny_cifar10): no paper recipe",
+    "mae_tiny_cifar10": "mae_tiny on the tiny CIFAR-10-format set, for mae_tiny_finetune: no paper recipe",
 }
 
 

@@ -62,7 +62,7 @@ REQUIRED = {
     "igpt_cifar10_finetune": [("model.pretrained", "Hugging Face state dict of openai/imagegpt-small")],
     "mae_vit_b16_finetune": [("model.pretrained", "MAE ViT-B/16 encoder to fine-tune: official mae_pre")],
     "mae_vit_b16_linprobe": [("model.pretrained", "MAE ViT-B/16 encoder to probe: official mae_pretrain")],
-    "mae_tiny_finetune": [("model.pretrained", "mae_tiny encoder to fine-tune: a mae_tiny run's checkpoint")],
+    "mae_tiny_finetune": [("model.pretrained", "mae_tiny encoder to fine-tune: a mae_tiny_cifar10")],
 }
 # smaller networks of the same layout, to keep the tests fast (the backbones keep their size)
 SHRINK = {

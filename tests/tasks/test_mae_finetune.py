@@ -65,13 +65,17 @@ def _accuracy(make_cfg, out, pretrained: str) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_fine_tuning_a_pretrained_mae_tiny_beats_the_same_recipe_from_scratch(make_cfg, tmp_path):
-    """The mae_tiny run (the 40-epoch pretraining of tests/tasks/test_masked_autoencoder.py), then the
-    30-epoch mae_tiny_finetune from its last checkpoint and from scratch, both seeded (seed 0). NOT YET RUN:
-    the margin of 5 points is a guess to be replaced by the measured one (docs/mae.md)."""
+    """MAE's protocol at CPU size: mae_tiny_cifar10 pretrains on the tiny CIFAR-10-format set's training
+    images (labels unused), then mae_tiny_finetune from its last checkpoint and from scratch, seed 0.
+    Measured: held-out reconstruction loss 0.205 against the patch-mean's 0.995; test accuracy 0.63 from
+    the MAE against 0.11 from scratch with the commands of docs/mae.md; in this test 0.57 against 0.09
+    (7 min 41 s on 2 shared cores)."""
     pretrain = tmp_path / "pretrain"
-    run(make_cfg(["experiment=mae_tiny", "~callbacks.progress_bar"], output_dir=pretrain))
+    run(make_cfg(["experiment=mae_tiny_cifar10", "~callbacks.progress_bar"], output_dir=pretrain))
+    metrics = json.loads((pretrain / "metrics.json").read_text())
+    assert metrics["val/loss"] < 0.5 * metrics["val/patch_mean_loss"], metrics
     checkpoint = pretrain / "checkpoints" / "last.ckpt"
     assert isinstance(create_model("mae_tiny", pretrained=checkpoint), MaskedAutoencoder)
     from_mae, _ = _accuracy(make_cfg, tmp_path / "from_mae", str(checkpoint))
     from_scratch, _ = _accuracy(make_cfg, tmp_path / "from_scratch", "scratch")
-    assert from_mae > from_scratch + 0.05, (from_mae, from_scratch)
+    assert from_mae > 0.4 and from_mae > from_scratch + 0.25, (from_mae, from_scratch)

@@ -69,6 +69,20 @@ def convert_transformers_mae(state_dict: dict[str, torch.Tensor]) -> dict[str, t
     return converted
 
 
+def read_mae_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in the MAE file ``path`` with vtrain's (= the official) key names: transformers'
+    ``ViTMAEForPreTraining`` keys converted.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is unreadable.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"MAE checkpoint {path} does not exist or is not a file")
+    state_dict = read_state_dict(path)
+    return convert_transformers_mae(state_dict) if is_transformers_mae(state_dict) else state_dict
+
+
 def load_mae_checkpoint(
     model: MaskedAutoencoder, path: str | os.PathLike, strict: bool = True
 ) -> MaskedAutoencoder:
@@ -85,11 +99,7 @@ def load_mae_checkpoint(
         ValueError: the file is unreadable or does not fit ``model``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MAE checkpoint {path} does not exist or is not a file")
-    state_dict = read_state_dict(path)
-    if is_transformers_mae(state_dict):
-        state_dict = convert_transformers_mae(state_dict)
+    state_dict = read_mae_state_dict(path)
     decoder = {k for k in model.state_dict() if k.startswith("decoder") or k == "mask_token"}
     allowed_missing: frozenset[str] = frozenset()
     if not decoder & state_dict.keys():

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from torch import nn
 
-from vtrain.checkpoint import fit_state_dict, read_state_dict
+from vtrain.checkpoint import fit_state_dict
 from vtrain.layers import resample_abs_pos_embed
-from vtrain.models.mae.checkpoint import convert_transformers_mae, is_transformers_mae
+from vtrain.models.mae.checkpoint import read_mae_state_dict
 from vtrain.models.vit.model import VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,7 @@ def load_mae_encoder(
         ValueError: the file is unreadable or does not fit ``model``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MAE checkpoint {path} does not exist or is not a file")
-    state_dict = read_state_dict(path)
-    if is_transformers_mae(state_dict):
-        state_dict = convert_transformers_mae(state_dict)
+    state_dict = read_mae_state_dict(path)
     decoder = [k for k in state_dict if _is_decoder_key(k)]
     if decoder:
         logger.info("%s: dropped the %d decoder keys (decoder*, mask_token)", path, len(decoder))
