@@ -168,8 +168,8 @@ def test_alternating_rates_runs_the_untimed_work_before_each_round():
 
 @pytest.mark.slow
 def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
-    """CIFAR from the tiny set and the ImageNet recipe with decode=cpu / decode=gpu (the device path on the
-    CPU) on synthetic 500 x 375 JPEGs, one batch each."""
+    """CIFAR from the tiny set (python batches, then shards) and the ImageNet recipe with decode=cpu /
+    decode=gpu (the device path on the CPU) on synthetic 500 x 375 JPEGs, one batch each."""
     doc = tmp_path / "benchmarks.md"
     cmd = [
         sys.executable,
@@ -186,9 +186,15 @@ def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
     text = doc.read_text()
     assert "## Loader throughput per worker process" in text
     assert "| cifar | vtrain (python batches) | 0 | 4 |" in text
+    assert "| cifar | vtrain (shards) | 0 | 4 |" in text
     assert "| imagenet_gpu_decode | vtrain decode=gpu | 0 | 4 |" in text
     rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
-    assert [r["row"] for r in rows] == ["vtrain (python batches)", "vtrain decode=cpu", "vtrain decode=gpu"]
+    assert [r["row"] for r in rows] == [
+        "vtrain (python batches)",
+        "vtrain (shards)",
+        "vtrain decode=cpu",
+        "vtrain decode=gpu",
+    ]
     assert all(r["img_s"] > 0 for r in rows)
 
 
