@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import random
 from collections.abc import Callable
 
+import numpy as np
+import torch
 from omegaconf import DictConfig
+from PIL import Image
 
 Check = Callable[[DictConfig], None]
 CHECKS: dict[str, Check] = {}
@@ -34,3 +38,26 @@ def load_all() -> dict[str, Check]:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     return CHECKS
+
+
+def photos(count: int) -> list[Image.Image]:
+    """`count` seeded random RGB images of 200-400 pixels a side, for the transform checks."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(200, 400, size=(count, 2))
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+def seeded(transform: Callable, image: Image.Image, seed: int) -> torch.Tensor:
+    """`transform(image)` with Python's, NumPy's and torch's generators seeded with `seed` (timm's
+    transforms draw from the first two, torchvision's from torch)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return transform(image)
+
+
+def assert_same_training_transform(ours: Callable, official: Callable, atol: float = 0.0) -> None:
+    """The same seed gives the same tensor from `ours` and `official` (to `atol`), on four photos."""
+    for seed, image in enumerate(photos(4)):
+        expected = seeded(official, image, seed)
+        torch.testing.assert_close(seeded(ours, image, seed), expected, atol=atol, rtol=0)

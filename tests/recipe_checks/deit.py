@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from PIL import Image
 from timm.data import create_transform
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import v2
 
-from tests.recipe_checks import recipe_check
+from tests.recipe_checks import assert_same_training_transform, photos, recipe_check
 from vtrain.data.sampler import RepeatedAugmentationSampler
 from vtrain.models.deit import DistilledVisionTransformer
 from vtrain.models.vit import VisionTransformer
@@ -39,19 +36,6 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 def _model(cfg: DictConfig) -> VisionTransformer:
     torch.manual_seed(0)
     return instantiate(cfg.model)
-
-
-def _photos(count: int) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    sizes = rng.integers(200, 400, size=(count, 2))
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-
-
-def _seeded(transform, image: Image.Image, seed: int) -> torch.Tensor:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return transform(image)
 
 
 @recipe_check("deit_model")
@@ -106,8 +90,7 @@ def deit_train_transform(cfg: DictConfig) -> None:
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
     )
-    for seed, image in enumerate(_photos(4)):
-        assert torch.equal(_seeded(data.train_transform, image, seed), _seeded(deit, image, seed)), seed
+    assert_same_training_transform(data.train_transform, deit)
 
 
 @recipe_check("deit_eval_transform")
@@ -123,7 +106,7 @@ def deit_eval_transform(cfg: DictConfig) -> None:
             transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         ]
     )
-    for image in _photos(2):
+    for image in photos(2):
         torch.testing.assert_close(data.eval_transform(image), deit(image))
 
 
