@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from vtrain.data.counts import BOXES_DROPPED_DEGENERATE, BOXES_DROPPED_OFF_IMAGE, ScanCounts, log_left_out
-from vtrain.data.images import CorruptImageError, ImageFileLoader, check_image_size
+from vtrain.data.images import CorruptImageError, ImageFileLoader, check_image_size, width_height
 from vtrain.data.shards.datasets import ShardImageLoader
 from vtrain.data.shards.format import ShardSplit
 
@@ -218,7 +218,8 @@ class CocoDetection(Dataset):
             return None
         source = f"{self.annotation_file} (image id {image_id})"
         check_image_size(path, image, info["width"], info["height"], source)
-        target = self.target(image_id, image.height, image.width)
+        width, height = width_height(image)
+        target = self.target(image_id, height, width)
         if self.transform is not None:
             return self.transform(image, target)
         return image, target

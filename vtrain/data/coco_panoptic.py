@@ -29,7 +29,7 @@ from torchvision.ops import masks_to_boxes
 
 from vtrain.data.coco import Target, check_json_image_sizes
 from vtrain.data.detection import DetectionDataModule
-from vtrain.data.images import ImageFileLoader, ImageSizeError, check_image_size
+from vtrain.data.images import ImageFileLoader, ImageSizeError, check_image_size, width_height
 from vtrain.data.shards.datasets import ShardImageLoader
 from vtrain.data.shards.format import SEGMENTATION_MEMBER, ShardSplit
 from vtrain.metrics.panoptic import read_segmentation
@@ -152,7 +152,8 @@ class CocoPanoptic(Dataset):
             return None
         source = f"{self.annotation_file} (image id {image_id})"
         check_image_size(path, image, info["width"], info["height"], source)
-        target = self.target(image_id, image.height, image.width)
+        width, height = width_height(image)
+        target = self.target(image_id, height, width)
         if self.transform is None:
             return image, target
         image, target = self.transform(image, target)

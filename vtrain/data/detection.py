@@ -57,8 +57,10 @@ class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Lightni
         holdout: validate on a part of the training images instead, left out of training: a fraction in
             (0, 1) or a count, drawn at random by image; None: no hold-out.
         holdout_seed: the seed that picks the held-out images.
-        decode: "cpu" (PIL in the loader workers) or "gpu": JPEGs decoded on the GPU in batches and DETR's
-            pipeline run there, with the same per-sample draws (``vtrain.data.gpu_decode``).
+        decode: "cpu" (PIL in the loader workers); "tensor": torchvision decodes in the workers and DETR's
+            pipeline resizes uint8 tensors, the same draws (``vtrain.data.tensor_decode``); "gpu": JPEGs
+            decoded on the GPU in batches and DETR's pipeline run there, with the same per-sample draws
+            (``vtrain.data.gpu_decode``).
         format: "folders" (the layout above) or "shards": ``root`` is a shard directory that
             ``python -m vtrain.data.shards coco`` wrote (``coco_panoptic`` for the panoptic module; see
             vtrain.data.shards and docs/data.md).
@@ -117,10 +119,10 @@ class DetectionDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Lightni
         self.train_transform = build_detr_transforms(train=True, hflip=hflip, **common, **crops)
         self.eval_transform = build_detr_transforms(train=False, **common)
         self.size_divisibility = size_divisibility
-        if decode == "gpu" and type(self) is not DetectionDataModule:
+        if decode in ("gpu", "tensor") and type(self) is not DetectionDataModule:
             raise ValueError(
-                f"{type(self).__name__}: data.decode=gpu runs DETR's box pipeline on the GPU "
-                "(DetectionDataModule); targets with masks are not moved there: use data.decode=cpu"
+                f"{type(self).__name__}: data.decode={decode} runs DETR's box pipeline on tensor images "
+                "(DetectionDataModule); the mask targets here are made for PIL images: use data.decode=cpu"
             )
         self._init_decode(decode)
 

@@ -37,49 +37,14 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from vtrain.data.images import CorruptImageError, ImageFileLoader
+from vtrain.data.images import CorruptImageError, ImageFileLoader, jpeg_frame, plain_jpeg
 from vtrain.data.sampler import seeded_generators
 from vtrain.data.splits import base_dataset
+from vtrain.data.tensor_decode import TensorFileLoader
 
-DECODES = ("cpu", "gpu")
-# start-of-frame markers nvJPEG decodes: baseline, extended sequential and progressive Huffman JPEGs
-_GPU_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
-# markers that are followed by a length: every one but SOI, EOI, TEM and the restart markers
-_NO_LENGTH = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
-
-
-def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
-    """(start-of-frame marker, precision in bits, height, width, components) of a JPEG file's first frame
-    header, None when ``data`` is not a JPEG whose header reads."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker in _NO_LENGTH:
-            position += 2
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT / JPG / DAC
-            if position + 10 > len(data):
-                return None
-            header = data[position + 4 : position + 10]
-            height, width = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big")
-            return marker, header[0], height, width, header[5]
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return None
-
-
-def gpu_decodable(frame: tuple[int, int, int, int, int] | None) -> bool:
-    """Whether nvJPEG decodes a JPEG with this frame header (:func:`jpeg_frame`) to RGB."""
-    if frame is None:
-        return False
-    marker, precision, height, width, components = frame
-    return marker in _GPU_FRAMES and precision == 8 and components in (1, 3) and height > 0 and width > 0
+# cpu: PIL in the workers; tensor: torchvision in the workers, uint8 tensors augmented
+# (vtrain.data.tensor_decode); gpu: nvJPEG on the device, augmented there (this module)
+DECODES = ("cpu", "tensor", "gpu")
 
 
 class EncodedImage:
@@ -133,7 +98,7 @@ class EncodedFileLoader:
         except OSError:
             data = b""  # the source raises (or skips) with its own message below
         frame = jpeg_frame(data)
-        if gpu_decodable(frame):
+        if plain_jpeg(frame):
             _, _, height, width, _ = frame
             return EncodedImage(
                 torch.frombuffer(bytearray(data), dtype=torch.uint8), width, height, str(path)
@@ -260,7 +225,8 @@ class DeviceDecodeMixin:
 
     ``_init_decode`` (in ``__init__``, after the pipelines are built) moves them to ``device_transforms``
     and leaves :class:`DeferToDevice` in their place; ``_encoded(dataset)`` gives a freshly read data set
-    an :class:`EncodedFileLoader`; ``_check_decode_device`` (in ``setup``) raises without CUDA; the module's
+    an :class:`EncodedFileLoader` (``decode: tensor``: a :class:`~vtrain.data.tensor_decode.TensorFileLoader`,
+    the pipelines left in place); ``_check_decode_device`` (in ``setup``) raises without CUDA; the module's
     ``collate`` becomes :func:`collate_encoded` and ``on_after_batch_transfer`` calls ``decode_batch``,
     which the module defines: it turns the transformed samples into the batch the CPU path gives.
     """
@@ -282,6 +248,8 @@ class DeviceDecodeMixin:
     def _encoded(self, dataset: Any) -> Any:
         if self.decode == "gpu":
             dataset.loader = EncodedFileLoader(dataset.loader)
+        elif self.decode == "tensor":
+            dataset.loader = TensorFileLoader(dataset.loader)
         return dataset
 
     def _check_decode_device(self) -> None:

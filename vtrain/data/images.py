@@ -37,6 +37,55 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _SIXTEEN_BIT_IN_I = frozenset({"PNG", "PPM"})
 
 
+# start-of-frame markers of baseline, extended sequential and progressive Huffman-coded JPEGs
+_PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+# markers that are followed by a length: every one but SOI, EOI, TEM and the restart markers
+_NO_LENGTH = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(start-of-frame marker, precision in bits, height, width, components) of a JPEG file's first frame
+    header, None when ``data`` is not a JPEG whose header reads."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _NO_LENGTH:
+            position += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT / JPG / DAC
+            if position + 10 > len(data):
+                return None
+            header = data[position + 4 : position + 10]
+            height, width = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big")
+            return marker, header[0], height, width, header[5]
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def plain_jpeg(frame: tuple[int, int, int, int, int] | None) -> bool:
+    """Whether a JPEG with this frame header (:func:`jpeg_frame`) is a plain 8-bit grey or colour one
+    (baseline, extended or progressive Huffman-coded; 1 or 3 components), which nvJPEG and torchvision's
+    ``decode_jpeg`` turn into RGB: not CMYK / YCCK, 12-bit, lossless or arithmetic-coded."""
+    if frame is None:
+        return False
+    marker, precision, height, width, components = frame
+    return marker in _PLAIN_FRAMES and precision == 8 and components in (1, 3) and height > 0 and width > 0
+
+
+def width_height(image: Any) -> tuple[int, int]:
+    """(width, height) in pixels of a PIL image (or anything with its ``size``) or a [..., H, W] tensor."""
+    if isinstance(image, torch.Tensor):
+        return image.shape[-1], image.shape[-2]
+    return image.size
+
+
 class CorruptImageError(OSError):
     """An image file that cannot be decoded; the message names the file."""
 
@@ -100,13 +149,14 @@ def open_rgb(path: str | Path | BinaryIO, name: str | Path | None = None) -> Ima
         return to_rgb(image, name)
 
 
-def check_image_size(path: str | Path, image: Image.Image, width: int, height: int, source: str) -> None:
+def check_image_size(path: str | Path, image: Any, width: int, height: int, source: str) -> None:
     """Raise ImageSizeError unless ``image`` (read from ``path``) is ``width`` x ``height`` pixels, the size
     that ``source`` (e.g. "instances_train2017.json, image 42") gives it: annotations drawn for another size
     would not line up with the pixels (boxes clipped wrongly, masks rasterised at the wrong size)."""
-    if image.size != (width, height):
+    found = width_height(image)
+    if found != (width, height):
         raise ImageSizeError(
-            f"{path}: the image is {image.width} x {image.height} pixels (width x height) but {source} gives "
+            f"{path}: the image is {found[0]} x {found[1]} pixels (width x height) but {source} gives "
             f"{width} x {height}; its annotations would not line up with the pixels. Correct the width and "
             "height there, or replace the image with the one that was annotated"
         )
@@ -141,12 +191,15 @@ class ImageFileLoader:
         try:
             return self.open(path)
         except CorruptImageError as error:
-            if not self.skip_corrupt:
-                raise
-            log.warning("skipping corrupt image %s: %s", path, error.__cause__)
-            with self._skipped.get_lock():
-                self._skipped.value += 1
-            return None
+            return self.skip(path, error)
+
+    def skip(self, path: str | Path, error: CorruptImageError) -> None:
+        """Raises ``error`` (an unreadable ``path``), or with ``skip_corrupt`` logs it and counts it."""
+        if not self.skip_corrupt:
+            raise error
+        log.warning("skipping corrupt image %s: %s", path, error.__cause__)
+        with self._skipped.get_lock():
+            self._skipped.value += 1
 
     @property
     def skipped(self) -> int:
