@@ -32,6 +32,8 @@ tiny set, Cityscapes-layout scenes: the tiny set's, upscaled to Cityscapes' 2048
 
 The imagenet, coco and cifar pipelines also have a ``vtrain (shards)`` row: the same loader from the same
 images converted to shards first (``vtrain.data.shards.convert``, 64 MiB shards; ``data.format=shards``).
+The ``decode=tensor`` rows (imagenet from folders and shards, coco from shards) decode with torchvision in
+the workers and resample uint8 tensors, the same draws (``data.decode=tensor``, vtrain.data.tensor_decode).
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def _common(workers: int, batch: int) -> dict:
     return dict(batch_size=batch, num_workers=workers, persistent_workers=workers > 0, pin_memory=False)
 
 
-def imagenet_deit(data: Data, workers: int, batch: int, format: str = "folders") -> Iterable:
+def imagenet_deit(
+    data: Data, workers: int, batch: int, format: str = "folders", decode: str = "cpu"
+) -> Iterable:
     from vtrain.data.classification import ClassificationDataModule
 
     keys = deit_data_keys()
@@ -99,6 +103,7 @@ def imagenet_deit(data: Data, workers: int, batch: int, format: str = "folders")
             mean=keys["mean"],
             std=keys["std"],
             timm_train=keys["timm_train"],
+            decode=decode,
             **_common(workers, batch),
         )
     )
@@ -131,11 +136,12 @@ def imagenet_timm(data: Data, workers: int, batch: int) -> Iterable:
     return loader
 
 
-def coco_detr(data: Data, workers: int, batch: int, format: str = "folders") -> Iterable:
+def coco_detr(data: Data, workers: int, batch: int, format: str = "folders", decode: str = "cpu") -> Iterable:
     from vtrain.data.detection import DetectionDataModule
 
     root = data.shards["coco"] if format == "shards" else data.coco
-    return _train_loader(DetectionDataModule(root=str(root), format=format, **_common(workers, batch)))
+    module = DetectionDataModule(root=str(root), format=format, decode=decode, **_common(workers, batch))
+    return _train_loader(module)
 
 
 def cifar(data: Data, workers: int, batch: int, format: str = "folders") -> Iterable:
@@ -228,6 +234,11 @@ ROWS: dict[str, tuple[int, list[Row]]] = {
             Row("timm create_loader (folders)", imagenet_timm),
             Row("vtrain (folders)", imagenet_deit),
             Row("vtrain (shards)", functools.partial(imagenet_deit, format="shards")),
+            Row("vtrain decode=tensor (folders)", functools.partial(imagenet_deit, decode="tensor")),
+            Row(
+                "vtrain decode=tensor (shards)",
+                functools.partial(imagenet_deit, format="shards", decode="tensor"),
+            ),
         ],
     ),
     "coco": (
@@ -235,6 +246,10 @@ ROWS: dict[str, tuple[int, list[Row]]] = {
         [
             Row("vtrain (folders)", coco_detr),
             Row("vtrain (shards)", functools.partial(coco_detr, format="shards")),
+            Row(
+                "vtrain decode=tensor (shards)",
+                functools.partial(coco_detr, format="shards", decode="tensor"),
+            ),
         ],
     ),
     "cifar": (

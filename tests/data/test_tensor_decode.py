@@ -18,7 +18,12 @@ from vtrain.data.detection import DetectionDataModule
 from vtrain.data.images import CorruptImageError, ImageFileLoader
 from vtrain.data.shards.convert import convert
 from vtrain.data.tensor_decode import TensorFileLoader
-from vtrain.data.transforms import TimmCropOnTensor, build_classification_transforms
+from vtrain.data.transforms import (
+    NormalizedTensor,
+    PlanesToPIL,
+    TimmCropOnTensor,
+    build_classification_transforms,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_IMAGENET = REPO.parent / "shared" / "data" / "imagenet" / "train"  # real JPEGs, where present
@@ -179,3 +184,24 @@ def test_a_loader_reading_shards_gives_the_tensor_loader_its_bytes(tmp_path):
     image = TensorFileLoader(Bytes())("somewhere/else.jpg")
     reference = np.array(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
     assert torch.equal(image.as_subclass(torch.Tensor), torch.from_numpy(reference).permute(2, 0, 1))
+
+
+def test_the_fused_normalisation_is_timms_to_float_rounding():
+    from timm.data.transforms import MaybeToTensor
+    from torchvision import transforms
+
+    steps = build_classification_transforms(
+        train=True, tensor_images=True, image_size=224, recipe="timm", timm_train=DEIT["timm_train"], **STATS
+    ).transforms
+    fused = next(step for step in steps if isinstance(step, NormalizedTensor))
+    assert not any(isinstance(step, (MaybeToTensor, transforms.Normalize)) for step in steps)
+    image = Image.fromarray(skimage.data.astronaut())
+    expected = transforms.Normalize(STATS["mean"], STATS["std"])(MaybeToTensor()(image))
+    torch.testing.assert_close(fused(image), expected, rtol=0, atol=1e-6)
+
+
+def test_planes_to_pil_is_to_pil_image():
+    from torchvision.transforms import v2
+
+    pixels = torch.from_numpy(skimage.data.coffee()).permute(2, 0, 1)  # a strided view, as decode_jpeg's
+    assert np.array_equal(np.asarray(PlanesToPIL()(pixels)), np.asarray(v2.ToPILImage()(pixels)))
