@@ -118,10 +118,13 @@ def alternating_rates(
     steps_per_round: int,
     batch_size: int,
     before_round: dict[str, Callable[[], object]] | None = None,
+    after_round: Callable[[str, float], object] | None = None,
 ) -> dict[str, list[float]]:
     """Images/s of each contender in every round, the contenders timed in turn within each round (so that
     the machine's drift hits them alike). ``before_round``: per contender, untimed work before each of its
-    rounds (a loader drains the batches its workers prefetched while the others were timed)."""
+    rounds (a loader drains the batches its workers prefetched while the others were timed);
+    ``after_round(name, rate)``: untimed, after each timed round (a loader waits for its workers to finish
+    the batches they were asked for, so that they do not share the cores with the next contender's)."""
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -131,6 +134,8 @@ def alternating_rates(
             for _ in range(steps_per_round):
                 step()
             rates[name].append(steps_per_round * batch_size / (time.perf_counter() - start))
+            if after_round:
+                after_round(name, rates[name][-1])
     return rates
 
 
@@ -245,6 +250,7 @@ MODULE_BENCHMARKS = (
     "detr_vs",
     "memory",
     "data",
+    "data_steps",
 )
 
 

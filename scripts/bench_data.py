@@ -9,7 +9,9 @@ Every row is a training loader as a run builds it (the data module's ``train_dat
 sampler, per-sample seeding, the recipe's augmentation, collate), timed by whole batches. Within one
 pipeline and one worker count the rows alternate within each round (``bench.alternating_rates``), so the
 ratio to the reference row is measured under the same machine load; before each of its rounds a row
-drains the batches its workers prefetched while the others were timed. Rows:
+drains the batches its workers prefetched while the others were timed, and after each of its rounds it
+waits for its workers to make the batches its loader asked them for, so that they do not share the cores
+with the next row's. Rows:
 
     imagenet  DeiT's augmentation (the vit_s16_imagenet experiment's data keys: recipe timm, timm's
               create_transform with RandAugment rand-m9-mstd0.5-inc1 and random erasing 0.25, 224 px) from
@@ -46,6 +48,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,8 +390,19 @@ def measure(pipeline: str, workers: int, args: argparse.Namespace, data: Data) -
     for step in steps.values():
         for _ in range(args.warmup + prefetched):
             step()
+
+    def settle(_: str, rate: float) -> None:
+        # the loader has asked its workers for `prefetched` more batches; let them make those at the rate
+        # just measured (with a margin) before the next row is timed, rather than alongside it
+        time.sleep(1.25 * prefetched * batch / rate)
+
     rates = bench.alternating_rates(
-        steps, args.rounds, args.steps, batch, before_round={n: drain(s) for n, s in steps.items()}
+        steps,
+        args.rounds,
+        args.steps,
+        batch,
+        before_round={n: drain(s) for n, s in steps.items()},
+        after_round=settle if workers else None,
     )
     reference = statistics.median(rates[rows[0].name])
     results = []

@@ -4,13 +4,16 @@ scripts/gpu_check.sh runs its steps on CPU (--dry-run) and reports them."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import REPO
 
@@ -196,6 +199,23 @@ def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
         "vtrain decode=gpu",
     ]
     assert all(r["img_s"] > 0 for r in rows)
+
+
+def test_the_step_profile_times_every_step_of_both_deit_paths(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    bench_data_steps = importlib.import_module("bench_data_steps")
+    rng = np.random.default_rng(0)
+    files = []
+    for _ in range(3):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        files.append(buffer.getvalue())
+    result = bench_data_steps.profile(files, rounds=1)
+    names = set(bench_data_steps.STEP_NAMES.values())
+    assert set(result["decode=cpu"]) == names - {"tensor to PIL image"}
+    assert set(result["decode=tensor"]) == names
+    assert all(ms > 0 for steps in result.values() for ms in steps.values())
+    assert "| **total** |" in bench_data_steps.table(result)
 
 
 def test_lambda_timm_bench_maps_timm_weights_onto_the_same_layer(monkeypatch):

@@ -76,6 +76,23 @@ def test_the_loss_combines_both_heads_as_deits_distillation_loss(tmp_path, type)
     assert all(p.grad is None for p in task.distillation.teacher.parameters())
 
 
+def test_without_a_teacher_the_distillation_head_is_frozen_so_ddp_waits_for_no_gradient():
+    """deit main.py's --distillation-type none: the loss is the class head's alone, so nothing reaches
+    head_dist; frozen, DDP (without find_unused_parameters) does not wait for its gradients."""
+    torch.manual_seed(0)
+    model = DistilledVisionTransformer(**SMALL)
+    task = ClassificationTask(
+        model, num_classes=10, optimizer=torch.optim.AdamW, loss=torch.nn.CrossEntropyLoss()
+    )
+    task.training_step((torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))), 0).backward()
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"head_dist.weight", "head_dist.bias"}
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # dist_token included
+    optimizer = task.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert not any(p is model.head_dist.weight for g in optimizer.param_groups for p in g["params"])
+
+
 def test_the_teacher_sees_the_students_mixed_batch_and_stays_frozen(tmp_path):
     task = _task(_teacher_file(tmp_path / "teacher.pth"), mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0})
     seen = {}

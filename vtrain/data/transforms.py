@@ -267,9 +267,9 @@ class NormalizedTensor:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean, self.std = tuple(mean), tuple(std)
-        std_ = torch.tensor(self.std, dtype=torch.float64).view(3, 1, 1)
-        self.scale = (1 / (255 * std_)).float()
-        self.shift = (torch.tensor(self.mean, dtype=torch.float64).view(3, 1, 1) / std_).float()
+        # x / 255 / std - mean / std, the constants in float64 first
+        mean64, std64 = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (self.mean, self.std))
+        self.scale, self.shift = (1 / (255 * std64)).float(), (mean64 / std64).float()
 
     def __call__(self, image: Any) -> torch.Tensor:
         pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))

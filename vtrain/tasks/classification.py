@@ -92,6 +92,10 @@ class ClassificationTask(L.LightningModule):
                 "task.distillation needs a model with a distillation token and head (a deit_*_distilled "
                 f"preset such as model=deit_s16_distilled); {type(model).__name__} has no head_dist"
             )
+        if self.distillation is None and hasattr(model, "head_dist"):
+            # nothing reaches the distillation head without a teacher (deit main.py's --distillation-type
+            # none); frozen, DDP does not wait for its gradients, which never come
+            model.head_dist.requires_grad_(False)
         top5 = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
