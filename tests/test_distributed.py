@@ -61,9 +61,16 @@ def _assert_close(
     assert diff < tol, f"{what} weights differ by up to {diff:.2e}"
 
 
-# "shards": the tiny set read from webdataset shards (data.format=shards) under the same samplers
+# "shards": the tiny set read from webdataset shards (data.format=shards) under the same samplers;
+# "deit_decode_tensor": DeiT's recipe on the tiny ImageNet-layout set, decoded by torchvision in the loader
+# (data.decode=tensor)
+DEIT_DECODE_TENSOR = ["data=imagenet_tiny", "data.image_size=32", "data.decode=tensor", *DEIT]
+
+
 @pytest.mark.parametrize(
-    "data, source", [([], "folders"), (DEIT, "folders"), ([], "shards")], ids=["default", "deit", "shards"]
+    "data, source",
+    [([], "folders"), (DEIT, "folders"), ([], "shards"), (DEIT_DECODE_TENSOR, "folders")],
+    ids=["default", "deit", "shards", "deit_decode_tensor"],
 )
 def test_vit_ddp_equals_single_process_and_gradient_accumulation(tmp_path, data_dir, data, source, request):
     if source == "shards":

@@ -94,12 +94,17 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+# DeiT's pipeline on the tiny ImageNet-layout set with data.decode=tensor: torchvision decodes the JPEGs in
+# the workers and the crop and flip run on uint8 tensors, before timm's PIL steps
+DEIT_TENSOR_DATA = ["data=imagenet_tiny", "data.image_size=32", "data.decode=tensor", *DEIT_DATA]
+
+
 # "shards": the same run reading the tiny set from webdataset shards (data.format=shards), whose reader is a
 # map-style data set under the same samplers
 @pytest.mark.parametrize(
     "data, source",
-    [([], "folders"), (DEIT_DATA, "folders"), ([], "shards")],
-    ids=["default", "deit", "shards"],
+    [([], "folders"), (DEIT_DATA, "folders"), ([], "shards"), (DEIT_TENSOR_DATA, "folders")],
+    ids=["default", "deit", "shards", "deit_decode_tensor"],
 )
 @pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
