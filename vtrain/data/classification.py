@@ -71,10 +71,10 @@ class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Li
             (0, 1) or a count, the same share of every class (within one sample); None: no hold-out.
         holdout_seed: the seed that picks the held-out samples.
         decode: ImageNet only. "cpu" (PIL in the loader workers); "tensor": torchvision decodes in the
-            workers and the pipeline resamples uint8 tensors, the same draws, about 1.3x as fast
-            (``vtrain.data.tensor_decode``); "gpu": JPEGs decoded on the GPU in batches and the pipeline
-            run there, with the same per-sample draws (``vtrain.data.gpu_decode``; not recipe "timm",
-            whose RandAugment works on PIL images).
+            workers and the pipeline resamples uint8 tensors, the same draws, 1.1-1.2x the images per
+            second of a worker on DeiT's pipeline (``vtrain.data.tensor_decode``); "gpu": JPEGs decoded
+            on the GPU in batches and the pipeline run there, with the same per-sample draws
+            (``vtrain.data.gpu_decode``; not recipe "timm", whose RandAugment works on PIL images).
         format: "folders" (the layouts above) or "shards": ``root`` is a shard directory that
             ``python -m vtrain.data.shards`` wrote from such a layout (same samples, labels and order;
             see vtrain.data.shards and docs/data.md).

@@ -37,7 +37,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from vtrain.data.images import CorruptImageError, ImageFileLoader, jpeg_frame, plain_jpeg
+from vtrain.data.images import CorruptImageError, ImageFileLoader, RereadingLoader, jpeg_frame, plain_jpeg
 from vtrain.data.sampler import seeded_generators
 from vtrain.data.splits import base_dataset
 from vtrain.data.tensor_decode import TensorFileLoader
@@ -73,30 +73,18 @@ class EncodedImage:
         return self.data.ndim == 1
 
 
-class EncodedFileLoader:
+class EncodedFileLoader(RereadingLoader):
     """The ``decode: gpu`` counterpart of an :class:`~vtrain.data.images.ImageFileLoader` (``source``, which
     reads from folders or from shards): returns a JPEG the GPU decodes as its bytes, has ``source`` decode
     anything else on the CPU (and counts it in ``decoded_on_cpu``, summed over worker processes).
     Unreadable files raise or are skipped, and counted in ``skipped``, as ``source`` does."""
 
     def __init__(self, source: ImageFileLoader | None = None) -> None:
-        self.source = ImageFileLoader() if source is None else source
+        super().__init__(source)
         self._decoded_on_cpu = torch.multiprocessing.Value("i", 0)
 
-    @property
-    def skip_corrupt(self) -> bool:
-        return self.source.skip_corrupt
-
-    @property
-    def skipped(self) -> int:
-        """Files skipped as corrupt so far (``source``'s count)."""
-        return self.source.skipped
-
     def __call__(self, path: str | Path) -> EncodedImage | None:
-        try:
-            data = self.source.read(path)
-        except OSError:
-            data = b""  # the source raises (or skips) with its own message below
+        data = self.read(path)
         frame = jpeg_frame(data)
         if plain_jpeg(frame):
             _, _, height, width, _ = frame

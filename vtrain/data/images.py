@@ -207,6 +207,31 @@ class ImageFileLoader:
         return self._skipped.value
 
 
+class RereadingLoader:
+    """A loader that reads the files of another :class:`ImageFileLoader` (``source``: from folders or from
+    shards) as bytes and decodes them its own way (``data.decode=tensor`` / ``gpu``); what it cannot decode
+    ``source`` opens. Corrupt files raise or are skipped and counted in ``source``'s ``skipped``."""
+
+    def __init__(self, source: ImageFileLoader | None = None) -> None:
+        self.source = ImageFileLoader() if source is None else source
+
+    @property
+    def skip_corrupt(self) -> bool:
+        return self.source.skip_corrupt
+
+    @property
+    def skipped(self) -> int:
+        """Files skipped as corrupt so far (``source``'s count, over all worker processes)."""
+        return self.source.skipped
+
+    def read(self, path: str | Path) -> bytes:
+        """The bytes of ``path``; empty when there are none (``source`` then raises or skips, naming it)."""
+        try:
+            return self.source.read(path)
+        except OSError:
+            return b""
+
+
 def collate_skip_corrupt(batch: Sequence[Any]) -> Any:
     """``default_collate`` after dropping the samples that are None (skipped corrupt images).
 

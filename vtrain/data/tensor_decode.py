@@ -13,8 +13,9 @@ and the pipeline crops and resizes that tensor with torch's antialiased uint8 ke
 Every random draw is the one the PIL path makes, in the same order, so the per-sample seeding, exact resume
 and the DDP equivalence are unchanged. The pixels: torchvision's libjpeg-turbo decode equals PIL's exactly
 on ImageNet's JPEGs, and torch's antialiased bicubic resize is PIL's to within a few hundredths of a grey
-level on average (tests/data/test_tensor_decode.py measures both). On DeiT's pipeline this is about 1.3x
-the images per second of a worker (docs/benchmarks.md, "Loader throughput per worker process").
+level on average (tests/data/test_tensor_decode.py measures both). On DeiT's pipeline a worker makes
+1.1-1.2x the images per second of timm's own loader (the steps alone: 1.36x), on DETR's COCO pipeline about
+1.4x the ``decode: cpu`` path's (docs/benchmarks.md, "Loader throughput: what the rows show").
 
 Files that are not plain 8-bit JPEGs (PNGs, CMYK / YCCK, 12-bit, lossless or arithmetic-coded JPEGs; see
 :func:`vtrain.data.images.plain_jpeg`) are opened with PIL as under ``decode: cpu`` and made a tensor, so
@@ -31,31 +32,16 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from vtrain.data.images import CorruptImageError, ImageFileLoader, jpeg_frame, plain_jpeg
+from vtrain.data.images import CorruptImageError, RereadingLoader, jpeg_frame, plain_jpeg
 
 
-class TensorFileLoader:
+class TensorFileLoader(RereadingLoader):
     """The ``decode: tensor`` counterpart of an :class:`~vtrain.data.images.ImageFileLoader` (``source``,
     which reads from folders or from shards): ``loader(path)`` is the image as a ``tv_tensors.Image``
     [3, H, W] uint8 RGB, None for a corrupt file that ``source`` skips (and counts in ``skipped``)."""
 
-    def __init__(self, source: ImageFileLoader | None = None) -> None:
-        self.source = ImageFileLoader() if source is None else source
-
-    @property
-    def skip_corrupt(self) -> bool:
-        return self.source.skip_corrupt
-
-    @property
-    def skipped(self) -> int:
-        """Files skipped as corrupt so far (``source``'s count, over all worker processes)."""
-        return self.source.skipped
-
     def __call__(self, path: str | Path) -> tv_tensors.Image | None:
-        try:
-            data = self.source.read(path)
-        except OSError:
-            data = b""  # the source raises (or skips) with its own message below
+        data = self.read(path)
         if plain_jpeg(jpeg_frame(data)):
             try:
                 pixels = decode_jpeg(
