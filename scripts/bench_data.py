@@ -23,8 +23,9 @@ with the next row's. Rows:
     cityscapes the FPN / FPT recipe (random scale 0.5-2, 512 x 1024 crop, flip) of ``data/cityscapes``.
     imagenet_gpu_decode
               the ``data/imagenet`` recipe (random-resized crop, flip) with ``decode=cpu`` against
-              ``decode=gpu``: the workers send JPEG bytes, the batch is decoded with nvJPEG and augmented on
-              ``--device`` (on a CPU device: torchvision's CPU decoder, only to check that it runs).
+              ``decode=tensor`` and ``decode=gpu``: the workers send JPEG bytes, the batch is decoded with
+              nvJPEG and augmented on ``--device`` (on a CPU device: torchvision's CPU decoder, only to
+              check that it runs).
 
 Data: ``--imagenet`` (default ../shared/data/imagenet: 100 real ImageNet training JPEGs of 183 k pixels
 on average, ImageNet's own mean), each file linked ``--copies`` times into a temporary folder layout;
@@ -211,6 +212,10 @@ def imagenet_cpu_decode(data: Data, workers: int, batch: int) -> Iterable:
     return _OnDevice(_imagenet_recipe(data, workers, batch, "cpu"), data.device)
 
 
+def imagenet_tensor_decode(data: Data, workers: int, batch: int) -> Iterable:
+    return _OnDevice(_imagenet_recipe(data, workers, batch, "tensor"), data.device)
+
+
 def imagenet_gpu_decode(data: Data, workers: int, batch: int) -> Iterable:
     import vtrain.data.gpu_decode as gpu_decode
 
@@ -265,7 +270,11 @@ ROWS: dict[str, tuple[int, list[Row]]] = {
     "cityscapes": (2, [Row("vtrain (folders)", cityscapes)]),
     "imagenet_gpu_decode": (
         64,
-        [Row("vtrain decode=cpu", imagenet_cpu_decode), Row("vtrain decode=gpu", imagenet_gpu_decode)],
+        [
+            Row("vtrain decode=cpu", imagenet_cpu_decode),
+            Row("vtrain decode=tensor", imagenet_tensor_decode),
+            Row("vtrain decode=gpu", imagenet_gpu_decode),
+        ],
     ),
 }
 TOY_BATCH = 4

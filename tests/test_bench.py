@@ -172,7 +172,7 @@ def test_alternating_rates_runs_the_untimed_work_before_each_round():
 @pytest.mark.slow
 def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
     """CIFAR from the tiny set (python batches, then shards) and the ImageNet recipe with decode=cpu /
-    decode=gpu (the device path on the CPU) on synthetic 500 x 375 JPEGs, one batch each."""
+    tensor / gpu (the device path on the CPU) on synthetic 500 x 375 JPEGs, one batch each."""
     doc = tmp_path / "benchmarks.md"
     cmd = [
         sys.executable,
@@ -196,6 +196,7 @@ def test_data_benchmark_times_the_loaders_and_writes_its_table(tmp_path):
         "vtrain (python batches)",
         "vtrain (shards)",
         "vtrain decode=cpu",
+        "vtrain decode=tensor",
         "vtrain decode=gpu",
     ]
     assert all(r["img_s"] > 0 for r in rows)
