@@ -150,23 +150,20 @@ class ClassificationDataModule(DeviceDecodeMixin, LoaderMixin, SplitsMixin, L.Li
             timm_train=timm_train,
             crop_scale=crop_scale,
         )
-        if decode == "tensor" and dataset != "imagenet":
+        if decode in ("tensor", "gpu") and dataset != "imagenet":
             raise ValueError(
-                "ClassificationDataModule: data.decode=tensor decodes image files with torchvision; "
-                f"{dataset} has its images as arrays in memory: use data.decode=cpu"
+                f"ClassificationDataModule: data.decode={decode} decodes image files; {dataset} has its "
+                "images as arrays in memory: use data.decode=cpu"
             )
-        tensor_images = decode == "tensor"
+        if decode == "gpu" and recipe == "timm":
+            raise ValueError(
+                "ClassificationDataModule: data.decode=gpu runs a transforms.v2 pipeline on the GPU; recipe "
+                "'timm' is timm's PIL pipeline: use data.decode=tensor or data.decode=cpu"
+            )
         self.train_transform = build_classification_transforms(
-            train=True, tensor_images=tensor_images, **transform_args
+            train=True, tensor_images=decode == "tensor", **transform_args
         )
         self.eval_transform = build_classification_transforms(train=False, **transform_args)
-        if decode == "gpu" and (dataset != "imagenet" or recipe == "timm"):
-            raise ValueError(
-                f"ClassificationDataModule: data.decode=gpu decodes JPEG files and runs a transforms.v2 "
-                f"pipeline on the GPU; {dataset} with recipe {recipe!r} has "
-                + ("its images as arrays in memory" if dataset != "imagenet" else "timm's PIL pipeline")
-                + ": use data.decode=cpu"
-            )
         self._init_decode(decode)
 
     def prepare_data(self) -> None:
